@@ -1,0 +1,44 @@
+package asyncflow
+
+import "errors"
+
+// Errors returned by this package, for use with errors.Is. Returned errors
+// wrap them with the detail that names what failed.
+var (
+	// ErrClosed is returned by calls on a Flow after Close.
+	ErrClosed = errors.New("asyncflow: flow closed")
+
+	// ErrInvalidConfig is returned by New for a configuration it refuses.
+	ErrInvalidConfig = errors.New("asyncflow: invalid config")
+
+	// ErrInvalidMsgID is returned for a message id that is not a nat of at
+	// most 128 bits or not valid ULID text.
+	ErrInvalidMsgID = errors.New("asyncflow: invalid message id")
+
+	// ErrInvalidCandid is returned when a Candid argument cannot be decoded
+	// as the record its method expects.
+	ErrInvalidCandid = errors.New("asyncflow: invalid candid argument")
+
+	// ErrUnknownMethod is returned for a method that is not one of the three
+	// asyncflow methods.
+	ErrUnknownMethod = errors.New("asyncflow: unknown method")
+
+	// ErrNoRoute is returned by CallAsync when the transport cannot reach the
+	// target principal.
+	ErrNoRoute = errors.New("asyncflow: no route to principal")
+
+	// ErrNotPeer is returned when an ack or ackack comes from a principal
+	// other than the one the message was exchanged with.
+	ErrNotPeer = errors.New("asyncflow: caller is not the message's peer")
+
+	// ErrNoHandler is returned when a new message arrives and no handler is
+	// configured.
+	ErrNoHandler = errors.New("asyncflow: no message handler")
+
+	// ErrNotFound is returned by a Store for a record it does not hold.
+	ErrNotFound = errors.New("asyncflow: record not found")
+
+	// ErrInvalidPrincipal is returned for an empty or anonymous principal
+	// where a real one is needed.
+	ErrInvalidPrincipal = errors.New("asyncflow: invalid principal")
+)
