@@ -1,0 +1,303 @@
+package asyncflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+)
+
+// DefaultRetryAfter is how long a side waits for the next step of an
+// exchange before it sends again. The IC drops a request that waited five
+// minutes in a full queue, so resending earlier mostly duplicates traffic.
+const DefaultRetryAfter = 5*time.Minute + 30*time.Second
+
+// Handler processes a new message from the principal from and returns the
+// ack payload: the answer the sender's ack callback receives. An error
+// records nothing and sends no ack; the sender's next retry brings the
+// message back. The Flow runs a handler at most once at a time for one
+// (from, id), and at most once for it in the life of the store, except
+// after a crash between the handler's return and the commit of its
+// result.
+type Handler func(ctx context.Context, from principal.Principal, id MsgID,
+	payload []byte) ([]byte, error)
+
+// Config configures a Flow. The zero value of each optional field selects
+// its default; New refuses values that make no sense.
+type Config struct {
+	// Transport carries outgoing calls. Required.
+	Transport Transport
+
+	// Store keeps both sides' state. Default: a new MemoryStore, which the
+	// Flow closes on Close. A Store given here is not closed by the Flow.
+	Store Store
+
+	// Handler processes new messages. A Flow without one refuses them.
+	Handler Handler
+
+	// OnAck runs when a target confirmed a message with a matching (or
+	// absent) hash, after the "acked" state is stored and before the
+	// ackack leaves. It runs once per message while the process lives, and
+	// again after a restart if the process stopped before forgetting it:
+	// at least once across crashes.
+	OnAck func(ctx context.Context, d Delivery)
+
+	// OnCorrupt runs when a peer reports a hash other than the CRC-32 of
+	// what this side sent. On the sender side the message is kept in the
+	// OutCorrupt state; to try again, send the payload under a new id with
+	// CallAsync and then Forget the old one.
+	OnCorrupt func(ctx context.Context, c Corruption)
+
+	// OnProcessed runs after a new message's record is committed, before
+	// its ack leaves.
+	OnProcessed func(p Processed)
+
+	// OnReject runs for each inbound message the Flow refuses.
+	OnReject func(r Rejection)
+
+	// RetryAfter is how long to wait for the next step before sending
+	// again. Default DefaultRetryAfter.
+	RetryAfter time.Duration
+
+	// StrictHash refuses acks and ackacks whose hash is absent, treating
+	// them as corrupt. By default an absent hash is accepted (never
+	// reported as verified).
+	StrictHash bool
+
+	// SendWorkers is how many sends run at once. Default 16.
+	SendWorkers int
+
+	// SendTimeout bounds one submission to the transport. Default 30 s.
+	SendTimeout time.Duration
+
+	// Logger receives the Flow's logs. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Processed describes a new message whose processing was committed.
+type Processed struct {
+	From    principal.Principal
+	MsgID   MsgID
+	Payload []byte
+	Ack     []byte
+}
+
+// Stats counts what a Flow did since it started. Counters only grow.
+type Stats struct {
+	// Sent counts first sends of new messages.
+	Sent uint64
+	// Resent counts retries: newMessages and acks sent again when due.
+	Resent uint64
+	// Delivered counts acks accepted: ack callbacks started.
+	Delivered uint64
+	// Processed counts new messages whose processing was committed.
+	Processed uint64
+	// Duplicates counts newMessages not processed because their id was
+	// already processed or being processed.
+	Duplicates uint64
+	// Corrupt counts hash mismatches detected on either side.
+	Corrupt uint64
+	// Rejected counts inbound messages refused.
+	Rejected uint64
+	// HandlerErrors counts handler calls that returned an error.
+	HandlerErrors uint64
+	// SendErrors counts submissions the transport failed or refused.
+	SendErrors uint64
+}
+
+type counters struct {
+	sent, resent, delivered, processed, duplicates atomic.Uint64
+	corrupt, rejected, handlerErrors, sendErrors   atomic.Uint64
+}
+
+// Flow runs both sides of the asyncflow protocol for one principal: it
+// sends messages with CallAsync and processes the ones that Deliver hands
+// it. All methods are safe for concurrent use.
+type Flow struct {
+	cfg       Config
+	store     Store
+	ownsStore bool
+	log       *slog.Logger
+	stats     counters
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	queue  *sendQueue
+	wake   chan struct{}
+
+	// locks serialise the read-modify-write of one record; a record's
+	// lock is chosen by its id.
+	locks [64]sync.Mutex
+
+	mu       sync.RWMutex
+	closed   bool
+	active   sync.WaitGroup
+	inflight map[inKey]struct{}
+	inMu     sync.Mutex
+}
+
+// New validates cfg, fills in its defaults and starts a Flow: its send
+// workers and its retry loop. Messages left pending or acked in the store
+// by an earlier Flow are picked up: acked ones have their callbacks run
+// again, pending ones are resent when due.
+func New(cfg Config) (*Flow, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &Flow{
+		cfg:      cfg,
+		store:    cfg.Store,
+		log:      cfg.Logger,
+		ctx:      ctx,
+		cancel:   cancel,
+		queue:    newSendQueue(),
+		wake:     make(chan struct{}, 1),
+		inflight: make(map[inKey]struct{}),
+	}
+	if f.store == nil {
+		f.store, f.ownsStore = NewMemoryStore(), true
+	}
+
+	for range cfg.SendWorkers {
+		f.wg.Go(f.sendWorker)
+	}
+	f.wg.Go(f.retryLoop)
+	f.wg.Go(f.resumeAcked)
+	return f, nil
+}
+
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.Transport == nil {
+		return cfg, fmt.Errorf("%w: a Transport is required", ErrInvalidConfig)
+	}
+	if cfg.RetryAfter == 0 {
+		cfg.RetryAfter = DefaultRetryAfter
+	}
+	if cfg.SendWorkers == 0 {
+		cfg.SendWorkers = 16
+	}
+	if cfg.SendTimeout == 0 {
+		cfg.SendTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+
+	switch {
+	case cfg.RetryAfter < 0:
+		return cfg, fmt.Errorf("%w: RetryAfter %s is negative", ErrInvalidConfig, cfg.RetryAfter)
+	case cfg.SendWorkers < 0:
+		return cfg, fmt.Errorf("%w: SendWorkers %d is negative", ErrInvalidConfig,
+			cfg.SendWorkers)
+	case cfg.SendTimeout < 0:
+		return cfg, fmt.Errorf("%w: SendTimeout %s is negative", ErrInvalidConfig,
+			cfg.SendTimeout)
+	}
+	return cfg, nil
+}
+
+// Close stops the Flow: it cancels sends in flight and the contexts of
+// running handlers and callbacks, waits for them and for every goroutine
+// the Flow started, and closes the store if the Flow created it. State in
+// a durable store is kept for the next Flow. Close is idempotent.
+func (f *Flow) Close() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	f.mu.Unlock()
+
+	f.cancel()
+	f.active.Wait()
+	f.queue.close()
+	f.wg.Wait()
+
+	if f.ownsStore {
+		return f.store.Close()
+	}
+	return nil
+}
+
+// Stats returns the Flow's counters.
+func (f *Flow) Stats() Stats {
+	c := &f.stats
+	return Stats{
+		Sent: c.sent.Load(), Resent: c.resent.Load(), Delivered: c.delivered.Load(),
+		Processed: c.processed.Load(), Duplicates: c.duplicates.Load(),
+		Corrupt: c.corrupt.Load(), Rejected: c.rejected.Load(),
+		HandlerErrors: c.handlerErrors.Load(), SendErrors: c.sendErrors.Load(),
+	}
+}
+
+// enter marks the start of a call that uses the Flow's state; it fails
+// once Close began. The returned context is ctx, also cancelled by Close.
+func (f *Flow) enter(ctx context.Context) (context.Context, func(), error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+
+	if f.closed {
+		return nil, nil, ErrClosed
+	}
+	f.active.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(f.ctx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+		f.active.Done()
+	}, nil
+}
+
+// lockFor returns the lock that guards the records of id.
+func (f *Flow) lockFor(id MsgID) *sync.Mutex {
+	return &f.locks[id[len(id)-1]%byte(len(f.locks))]
+}
+
+// send queues one call; the send workers submit it.
+func (f *Flow) send(to principal.Principal, method string, arg []byte) {
+	f.queue.push(outCall{to: to, method: method, arg: arg})
+}
+
+// sendWorker submits queued calls until the Flow closes. A failed
+// submission is logged and counted: the protocol's retries repair it.
+func (f *Flow) sendWorker() {
+	for {
+		c, ok := f.queue.pop()
+		if !ok {
+			return
+		}
+
+		ctx, cancel := context.WithTimeout(f.ctx, f.cfg.SendTimeout)
+		err := f.cfg.Transport.Send(ctx, c.to, c.method, c.arg)
+		cancel()
+		if err != nil && !errors.Is(f.ctx.Err(), context.Canceled) {
+			f.stats.sendErrors.Add(1)
+			f.log.Debug("asyncflow: send failed", "to", c.to.String(),
+				"method", ShortMethod(c.method), "err", err)
+		}
+	}
+}
+
+// reject counts, logs and reports an inbound message the Flow refused.
+func (f *Flow) reject(r Rejection) {
+	f.stats.rejected.Add(1)
+	attrs := []any{"from", r.From.String(), "method", ShortMethod(r.Method), "reason", r.Reason}
+	if r.HasMsgID {
+		attrs = append(attrs, "msg_id", r.MsgID.String())
+	}
+	f.log.Info("asyncflow: message rejected", attrs...)
+	if f.cfg.OnReject != nil {
+		f.cfg.OnReject(r)
+	}
+}

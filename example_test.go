@@ -1,0 +1,50 @@
+package asyncflow_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/aviate-labs/agent-go/principal"
+
+	"github.com/asyncflow/asyncflow"
+)
+
+// Two Flows on an in-memory network: one sends, the other answers in
+// upper case, and the sender's OnAck sees the answer.
+func Example() {
+	alice := principal.Principal{Raw: []byte{1}}
+	bob := principal.Principal{Raw: []byte{2}}
+	network, _ := asyncflow.NewNetwork(1, asyncflow.Faults{})
+	defer network.Close()
+	quiet := slog.New(slog.DiscardHandler)
+
+	done := make(chan asyncflow.Delivery, 1)
+	sender, _ := asyncflow.New(asyncflow.Config{
+		Transport: network.Transport(alice),
+		OnAck:     func(_ context.Context, d asyncflow.Delivery) { done <- d },
+		Logger:    quiet,
+	})
+	defer sender.Close()
+	receiver, _ := asyncflow.New(asyncflow.Config{
+		Transport: network.Transport(bob),
+		Handler: func(_ context.Context, from principal.Principal, _ asyncflow.MsgID,
+			payload []byte) ([]byte, error) {
+			return []byte(strings.ToUpper(string(payload))), nil
+		},
+		Logger: quiet,
+	})
+	defer receiver.Close()
+	network.Attach(alice, sender)
+	network.Attach(bob, receiver)
+
+	id, err := sender.CallAsync(context.Background(), bob, []byte("hello"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	d := <-done
+	fmt.Println(d.MsgID == id, string(d.Sent), "->", string(d.Received), d.Hash)
+	// Output: true hello -> HELLO 907060870
+}

@@ -1,0 +1,115 @@
+package asyncflow
+
+import (
+	"fmt"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestUnackedNewMessageIsResentEveryRetryAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, nil)
+		net.Down(bob)
+		start := time.Now()
+
+		_, err := a.flow.CallAsync(t.Context(), bob, []byte("x"))
+		require.NoError(t, err)
+		time.Sleep(3*DefaultRetryAfter + time.Second)
+		synctest.Wait()
+
+		sends := a.probe.sent(MethodNewMessage)
+		require.Len(t, sends, 4)
+		for i, c := range sends {
+			require.Equal(t, time.Duration(i)*DefaultRetryAfter, c.at.Sub(start))
+			require.Equal(t, sends[0].arg, c.arg, "the same message every time")
+		}
+		require.Equal(t, uint64(3), a.flow.Stats().Resent)
+	})
+}
+
+func TestRetryAfterIsConfigurable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, func(c *Config) { c.RetryAfter = time.Second })
+		net.Down(bob)
+		start := time.Now()
+
+		_, err := a.flow.CallAsync(t.Context(), bob, []byte("x"))
+		require.NoError(t, err)
+		time.Sleep(2500 * time.Millisecond)
+		synctest.Wait()
+
+		sends := a.probe.sent(MethodNewMessage)
+		require.Len(t, sends, 3)
+		require.Equal(t, 2*time.Second, sends[2].at.Sub(start))
+	})
+}
+
+func TestUnackackedAckIsResentUntilTheAckAckArrives(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, a, b := newPair(t, nil)
+		a.probe.setDrop(func(c call) bool { return c.method == MethodAckAck })
+
+		_, err := a.flow.CallAsync(t.Context(), bob, []byte("x"))
+		require.NoError(t, err)
+		time.Sleep(2*DefaultRetryAfter + time.Second)
+		synctest.Wait()
+		require.Len(t, b.probe.sent(MethodAck), 3, "first ack and two resends")
+		require.Len(t, a.rec.snapshot().deliveries, 1, "the callback ran once")
+
+		a.probe.setDrop(nil)
+		time.Sleep(5 * DefaultRetryAfter)
+		synctest.Wait()
+		require.Len(t, b.probe.sent(MethodAck), 4, "one more, answered, then silence")
+	})
+}
+
+func TestEveryMessageArrivesOnceThroughAFaultyNetwork(t *testing.T) {
+	for seed := range uint64(5) {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				net, err := NewNetwork(seed, Faults{Drop: 0.2, Duplicate: 0.1,
+					Corrupt: 0.01, Delay: 0.3, MaxDelay: 2 * time.Minute})
+				require.NoError(t, err)
+				defer net.Close()
+				a := newPeer(t, net, alice, nil)
+				b := newPeer(t, net, bob, nil)
+
+				const n = 300
+				sent := make(map[MsgID]bool)
+				for i := range n {
+					id, err := a.flow.CallAsync(t.Context(), bob, fmt.Appendf(nil, "m%d", i))
+					require.NoError(t, err)
+					sent[id] = true
+				}
+				time.Sleep(20 * DefaultRetryAfter)
+				synctest.Wait()
+
+				processed := map[MsgID]int{}
+				for _, p := range b.rec.snapshot().processed {
+					processed[p.MsgID]++
+				}
+				settled := map[MsgID]bool{}
+				for _, d := range a.rec.snapshot().deliveries {
+					settled[d.MsgID] = true
+				}
+				corrupt, err := a.flow.Messages(t.Context(), OutCorrupt)
+				require.NoError(t, err)
+				for _, c := range corrupt {
+					settled[c.MsgID] = true
+				}
+				for id := range sent {
+					require.Equal(t, 1, processed[id], "processed exactly once")
+					require.True(t, settled[id], "delivered or reported corrupt")
+				}
+				pending, err := a.flow.Messages(t.Context(), OutPending)
+				require.NoError(t, err)
+				require.Empty(t, pending)
+				require.Positive(t, net.Stats().Dropped)
+				require.Positive(t, net.Stats().Duplicated)
+			})
+		})
+	}
+}

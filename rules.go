@@ -1,0 +1,113 @@
+package asyncflow
+
+import (
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+)
+
+// The protocol's decisions, kept apart from all I/O: each function takes
+// the record a side holds (or none) and what arrived, and says what to do.
+// The Flow reads and writes the store and sends; it decides nothing itself.
+
+// ackVerdict is the sender's decision on an ack.
+type ackVerdict uint8
+
+const (
+	// ackUnknown: no record of the id. Answer with ackack, change nothing.
+	ackUnknown ackVerdict = iota + 1
+	// ackNotPeer: the caller is not the message's target. Change nothing.
+	ackNotPeer
+	// ackAccept: record acked, run the callback, send ackack, forget.
+	ackAccept
+	// ackCorrupt: the receiver processed other bytes. Record corrupt,
+	// report, and still send ackack so the receiver stops resending.
+	ackCorrupt
+	// ackRepeat: the message was already settled by an earlier ack.
+	// Answer with ackack again, change nothing.
+	ackRepeat
+)
+
+// decideAck applies the sender's rules to an ack from caller. rec is the
+// sender's record of the ack's id, or nil.
+func decideAck(rec *Outgoing, caller principal.Principal, ack Ack, strict bool) ackVerdict {
+	switch {
+	case rec == nil:
+		return ackUnknown
+	case !rec.To.Equal(caller):
+		return ackNotPeer
+	case rec.State != OutPending:
+		return ackRepeat
+	case !ack.Hash.Matches(rec.Payload, strict):
+		return ackCorrupt
+	}
+	return ackAccept
+}
+
+// acked returns rec moved to the acked or corrupt state with what the ack
+// carried.
+func (rec Outgoing) acked(ack Ack, corrupt bool) Outgoing {
+	rec.State = OutAcked
+	if corrupt {
+		rec.State = OutCorrupt
+	}
+	rec.Ack = ack.Payload
+	rec.AckHash = ack.Hash
+	rec.NextSend = time.Time{}
+	return rec
+}
+
+// ackackVerdict is the receiver's decision on an ackack.
+type ackackVerdict uint8
+
+const (
+	// ackackIgnore: no acking record from this caller. Change nothing.
+	ackackIgnore ackackVerdict = iota + 1
+	// ackackDone: stop resending the ack; keep the record for dedup.
+	ackackDone
+	// ackackCorrupt: the sender got other ack bytes. Stop resending (it
+	// cannot help: the sender has forgotten the id) and report.
+	ackackCorrupt
+)
+
+// decideAckAck applies the receiver's rules to an ackack. rec is the
+// receiver's record of (caller, id), or nil. Records are looked up per
+// caller, so an ackack from anyone but the sender finds none.
+func decideAckAck(rec *Incoming, ackack AckAck, strict bool) ackackVerdict {
+	switch {
+	case rec == nil || rec.State != InAcking:
+		return ackackIgnore
+	case !ackack.Hash.Matches(rec.Ack, strict):
+		return ackackCorrupt
+	}
+	return ackackDone
+}
+
+// newMessageVerdict is the receiver's decision on a newMessage.
+type newMessageVerdict uint8
+
+const (
+	// newProcess: unseen id: run the handler, commit, send the ack.
+	newProcess newMessageVerdict = iota + 1
+	// newDuplicate: already processed: send the stored ack again.
+	newDuplicate
+)
+
+// decideNewMessage applies the receiver's rules to a newMessage. rec is
+// the receiver's record of (caller, id), or nil.
+func decideNewMessage(rec *Incoming) newMessageVerdict {
+	if rec == nil {
+		return newProcess
+	}
+	return newDuplicate
+}
+
+// ackFor returns the ack a receiver sends for its record.
+func ackFor(rec Incoming) Ack {
+	return Ack{MsgID: rec.MsgID, Hash: SomeHash(rec.PayloadHash), Payload: rec.Ack}
+}
+
+// ackackFor returns the ackack a sender sends for an ack it got.
+func ackackFor(ack Ack) AckAck {
+	return AckAck{MsgID: ack.MsgID, Hash: HashOf(ack.Payload)}
+}

@@ -1,0 +1,222 @@
+package asyncflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+)
+
+// CallAsync sends payload to the principal target as a new message and
+// returns its id. The message is in the store before CallAsync returns and
+// before its first send; the send itself happens in the background, and is
+// repeated every RetryAfter until the target's ack arrives. When it does,
+// OnAck (or, on a hash mismatch, OnCorrupt) runs.
+//
+// CallAsync refuses an empty or anonymous target, and a target the
+// transport has no route to (ErrNoRoute), before storing anything.
+func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
+	payload []byte) (MsgID, error) {
+	if err := checkPeer(target); err != nil {
+		return MsgID{}, err
+	}
+	if r, ok := f.cfg.Transport.(Router); ok {
+		if err := r.Route(target); err != nil {
+			return MsgID{}, err
+		}
+	}
+	ctx, done, err := f.enter(ctx)
+	if err != nil {
+		return MsgID{}, err
+	}
+	defer done()
+
+	now := time.Now()
+	id, err := NewMsgID(now)
+	if err != nil {
+		return MsgID{}, err
+	}
+	rec := Outgoing{
+		MsgID:    id,
+		To:       target,
+		Payload:  payload,
+		State:    OutPending,
+		Attempts: 1,
+		NextSend: now.Add(f.cfg.RetryAfter),
+	}
+	if err := f.store.PutOutgoing(ctx, rec); err != nil {
+		return MsgID{}, fmt.Errorf("asyncflow: storing message %s: %w", id, err)
+	}
+	f.poke()
+
+	f.stats.sent.Add(1)
+	f.send(target, MethodNewMessage, NewMessage{MsgID: id, Payload: payload}.AppendCandid(nil))
+	return id, nil
+}
+
+// checkPeer refuses principals no message can be exchanged with.
+func checkPeer(p principal.Principal) error {
+	switch {
+	case len(p.Raw) == 0:
+		return fmt.Errorf("%w: empty principal", ErrInvalidPrincipal)
+	case p.Equal(principal.AnonymousID):
+		return fmt.Errorf("%w: the anonymous principal cannot take part", ErrInvalidPrincipal)
+	case len(p.Raw) > 29:
+		return fmt.Errorf("%w: %d bytes is longer than a principal", ErrInvalidPrincipal,
+			len(p.Raw))
+	}
+	return nil
+}
+
+// handleAck applies an ack from caller.
+func (f *Flow) handleAck(ctx context.Context, caller principal.Principal, ack Ack) error {
+	lock := f.lockFor(ack.MsgID)
+	lock.Lock()
+
+	rec, err := f.store.Outgoing(ctx, ack.MsgID)
+	var held *Outgoing
+	switch {
+	case err == nil:
+		held = &rec
+	case !errors.Is(err, ErrNotFound):
+		lock.Unlock()
+		return fmt.Errorf("asyncflow: reading message %s: %w", ack.MsgID, err)
+	}
+
+	verdict := decideAck(held, caller, ack, f.cfg.StrictHash)
+	switch verdict {
+	case ackAccept, ackCorrupt:
+		rec = rec.acked(ack, verdict == ackCorrupt)
+		if err := f.store.PutOutgoing(ctx, rec); err != nil {
+			lock.Unlock()
+			return fmt.Errorf("asyncflow: storing ack of %s: %w", ack.MsgID, err)
+		}
+	}
+	lock.Unlock()
+
+	switch verdict {
+	case ackNotPeer:
+		f.reject(Rejection{From: caller, MsgID: ack.MsgID, HasMsgID: true,
+			Method: MethodAck, Reason: fmt.Sprintf("ack for message %s from %s, "+
+				"which is not its target", ack.MsgID, caller)})
+		return nil
+	case ackAccept:
+		f.finishAcked(ctx, rec)
+		return nil
+	case ackCorrupt:
+		f.send(caller, MethodAckAck, ackackFor(ack).AppendCandid(nil))
+		f.reportCorrupt(ctx, Corruption{Side: SideSender, Peer: rec.To, MsgID: rec.MsgID,
+			Sent: rec.Payload, Received: rec.Ack, Expected: HashOf(rec.Payload),
+			Got: ack.Hash})
+		return nil
+	}
+
+	// Unknown or already settled: the receiver is still resending, so
+	// answer again and change nothing.
+	f.send(caller, MethodAckAck, ackackFor(ack).AppendCandid(nil))
+	return nil
+}
+
+// finishAcked runs the ack callback of an acked message, sends the ackack
+// and forgets the message.
+func (f *Flow) finishAcked(ctx context.Context, rec Outgoing) {
+	f.stats.delivered.Add(1)
+	if f.cfg.OnAck != nil {
+		f.cfg.OnAck(ctx, Delivery{To: rec.To, MsgID: rec.MsgID, Sent: rec.Payload,
+			Received: rec.Ack, Hash: rec.AckHash})
+	}
+
+	ack := Ack{MsgID: rec.MsgID, Hash: rec.AckHash, Payload: rec.Ack}
+	f.send(rec.To, MethodAckAck, ackackFor(ack).AppendCandid(nil))
+
+	if err := f.store.DeleteOutgoing(ctx, rec.MsgID); err != nil {
+		f.log.Error("asyncflow: forgetting delivered message failed",
+			"msg_id", rec.MsgID.String(), "to", rec.To.String(), "err", err)
+	}
+}
+
+// reportCorrupt counts, logs and reports a hash mismatch.
+func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
+	f.stats.corrupt.Add(1)
+	f.log.Warn("asyncflow: hash mismatch", "side", string(c.Side), "peer", c.Peer.String(),
+		"msg_id", c.MsgID.String(), "expected", c.Expected.String(), "got", c.Got.String())
+	if f.cfg.OnCorrupt != nil {
+		f.cfg.OnCorrupt(ctx, c)
+	}
+}
+
+// resendMessage sends a due newMessage again and moves its due time.
+func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) error {
+	lock := f.lockFor(id)
+	lock.Lock()
+	defer lock.Unlock()
+
+	rec, err := f.store.Outgoing(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	case rec.State != OutPending || rec.NextSend.After(now):
+		return nil
+	}
+
+	rec.Attempts++
+	rec.NextSend = now.Add(f.cfg.RetryAfter)
+	if err := f.store.PutOutgoing(ctx, rec); err != nil {
+		return err
+	}
+	f.stats.resent.Add(1)
+	f.send(rec.To, MethodNewMessage,
+		NewMessage{MsgID: rec.MsgID, Payload: rec.Payload}.AppendCandid(nil))
+	return nil
+}
+
+// resumeAcked finishes messages a previous Flow recorded as acked but did
+// not forget: their callbacks run again.
+func (f *Flow) resumeAcked() {
+	recs, err := f.store.ListOutgoing(f.ctx, OutAcked)
+	if err != nil {
+		if f.ctx.Err() == nil {
+			f.log.Error("asyncflow: reading acked messages failed", "err", err)
+		}
+		return
+	}
+	for _, rec := range recs {
+		if f.ctx.Err() != nil {
+			return
+		}
+		f.finishAcked(f.ctx, rec)
+	}
+}
+
+// Messages returns the sender's records in state s, in id order: for
+// example the corrupt messages waiting for the user's decision.
+func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
+	ctx, done, err := f.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+
+	return f.store.ListOutgoing(ctx, s)
+}
+
+// Forget removes the sender's record of id, whatever its state: a pending
+// message is no longer resent, and a late ack for it is answered with
+// ackack and nothing else. Forgetting an unknown id is not an error.
+func (f *Flow) Forget(ctx context.Context, id MsgID) error {
+	ctx, done, err := f.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+
+	lock := f.lockFor(id)
+	lock.Lock()
+	defer lock.Unlock()
+
+	return f.store.DeleteOutgoing(ctx, id)
+}

@@ -1,0 +1,421 @@
+package asyncflow
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/aviate-labs/agent-go/principal"
+)
+
+// OutState is the state of a message on the sender's side.
+type OutState uint8
+
+const (
+	// OutPending: sent and waiting for the ack; resent when due.
+	OutPending OutState = iota + 1
+	// OutAcked: the ack arrived and matched; the ack callback and the
+	// ackack are still to run. A Flow that restarts runs them again.
+	OutAcked
+	// OutCorrupt: the ack's hash did not match the payload that was sent.
+	// The message stays for inspection until the user forgets it.
+	OutCorrupt
+)
+
+// String names the state.
+func (s OutState) String() string {
+	switch s {
+	case OutPending:
+		return "pending"
+	case OutAcked:
+		return "acked"
+	case OutCorrupt:
+		return "corrupt"
+	}
+	return "unknown"
+}
+
+// Outgoing is the sender's record of a message.
+type Outgoing struct {
+	MsgID   MsgID
+	To      principal.Principal
+	Payload []byte
+	State   OutState
+	// Ack and AckHash hold what the ack carried, once one arrived.
+	Ack     []byte
+	AckHash Hash
+	// Attempts counts the sends of the newMessage so far.
+	Attempts uint32
+	// NextSend is when a pending message is due to be resent.
+	NextSend time.Time
+}
+
+// InState is the state of a processed message on the receiver's side.
+type InState uint8
+
+const (
+	// InAcking: processed and committed; the ack is resent when due until
+	// the ackack arrives.
+	InAcking InState = iota + 1
+	// InDone: the ackack arrived. The record stays so that a duplicate
+	// newMessage is not processed again.
+	InDone
+)
+
+// String names the state.
+func (s InState) String() string {
+	switch s {
+	case InAcking:
+		return "acking"
+	case InDone:
+		return "done"
+	}
+	return "unknown"
+}
+
+// Incoming is the receiver's record of a processed message: its existence
+// is what "processed" means.
+type Incoming struct {
+	From  principal.Principal
+	MsgID MsgID
+	// PayloadHash is the CRC-32 of the payload that was processed; the ack
+	// carries it.
+	PayloadHash uint32
+	// Ack is the handler's answer, sent in every ack.
+	Ack   []byte
+	State InState
+	// Attempts counts the sends of the ack so far.
+	Attempts uint32
+	// NextSend is when the ack is due to be resent while State is InAcking.
+	NextSend time.Time
+}
+
+// Store keeps the state of both sides of the protocol.
+//
+// Each method is one atomic change: when it returns nil the change is as
+// durable as the implementation promises (a memory store: until the
+// process exits). Records passed in and returned are copies; neither side
+// may keep references into the other's byte slices. Lookups of a missing
+// record return an error wrapping ErrNotFound. Implementations must be
+// safe for concurrent use.
+type Store interface {
+	// PutOutgoing creates or replaces the sender's record of m.MsgID.
+	PutOutgoing(ctx context.Context, m Outgoing) error
+	// Outgoing returns the sender's record of id.
+	Outgoing(ctx context.Context, id MsgID) (Outgoing, error)
+	// DeleteOutgoing removes the sender's record of id; removing a missing
+	// record is not an error.
+	DeleteOutgoing(ctx context.Context, id MsgID) error
+	// ListOutgoing returns the sender's records in state s, in id order.
+	ListOutgoing(ctx context.Context, s OutState) ([]Outgoing, error)
+	// DueOutgoing returns up to limit pending records whose NextSend is not
+	// after now, earliest first.
+	DueOutgoing(ctx context.Context, now time.Time, limit int) ([]Outgoing, error)
+
+	// PutIncoming creates or replaces the receiver's record of
+	// (m.From, m.MsgID).
+	PutIncoming(ctx context.Context, m Incoming) error
+	// Incoming returns the receiver's record of id from the caller from.
+	Incoming(ctx context.Context, from principal.Principal, id MsgID) (Incoming, error)
+	// DueIncoming returns up to limit acking records whose NextSend is not
+	// after now, earliest first.
+	DueIncoming(ctx context.Context, now time.Time, limit int) ([]Incoming, error)
+
+	// NextDue returns the earliest NextSend of any pending or acking
+	// record; ok is false when there is none.
+	NextDue(ctx context.Context) (next time.Time, ok bool, err error)
+
+	// Close releases the store. Calls after Close fail.
+	Close() error
+}
+
+// MemoryStore is a Store held in memory: fast, and lost when the process
+// exits. It suits tests and services that can afford to lose state on a
+// restart. The zero value is not usable; call NewMemoryStore.
+type MemoryStore struct {
+	mu     sync.Mutex
+	closed bool
+	seq    uint64
+	out    map[MsgID]memOut
+	in     map[inKey]memIn
+	// dueOut and dueIn index pending and acking records by NextSend.
+	dueOut dueHeap
+	dueIn  dueHeap
+}
+
+type memOut struct {
+	rec Outgoing
+	seq uint64
+}
+
+type memIn struct {
+	rec Incoming
+	seq uint64
+}
+
+// inKey names a receiver record: records are kept per caller.
+type inKey struct {
+	from string
+	id   MsgID
+}
+
+func keyOf(from principal.Principal, id MsgID) inKey {
+	return inKey{from: string(from.Raw), id: id}
+}
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{
+		out: make(map[MsgID]memOut),
+		in:  make(map[inKey]memIn),
+	}
+}
+
+var errStoreClosed = fmt.Errorf("%w: store closed", ErrClosed)
+
+// PutOutgoing implements Store.
+func (s *MemoryStore) PutOutgoing(_ context.Context, m Outgoing) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return errStoreClosed
+	}
+	s.seq++
+	s.out[m.MsgID] = memOut{rec: copyOutgoing(m), seq: s.seq}
+	if m.State == OutPending {
+		heap.Push(&s.dueOut, dueEntry{at: m.NextSend, out: true, id: m.MsgID, seq: s.seq})
+	}
+	return nil
+}
+
+// Outgoing implements Store.
+func (s *MemoryStore) Outgoing(_ context.Context, id MsgID) (Outgoing, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return Outgoing{}, errStoreClosed
+	}
+	e, ok := s.out[id]
+	if !ok {
+		return Outgoing{}, fmt.Errorf("%w: outgoing message %s", ErrNotFound, id)
+	}
+	return copyOutgoing(e.rec), nil
+}
+
+// DeleteOutgoing implements Store.
+func (s *MemoryStore) DeleteOutgoing(_ context.Context, id MsgID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return errStoreClosed
+	}
+	delete(s.out, id)
+	return nil
+}
+
+// ListOutgoing implements Store.
+func (s *MemoryStore) ListOutgoing(_ context.Context, st OutState) ([]Outgoing, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	var list []Outgoing
+	for _, e := range s.out {
+		if e.rec.State == st {
+			list = append(list, copyOutgoing(e.rec))
+		}
+	}
+	slices.SortFunc(list, func(a, b Outgoing) int { return a.MsgID.Compare(b.MsgID) })
+	return list, nil
+}
+
+// DueOutgoing implements Store.
+func (s *MemoryStore) DueOutgoing(_ context.Context, now time.Time, limit int) ([]Outgoing, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	var list []Outgoing
+	s.scanDue(&s.dueOut, now, func(e dueEntry) bool {
+		if len(list) >= limit {
+			return false
+		}
+		list = append(list, copyOutgoing(s.out[e.id].rec))
+		return true
+	})
+	return list, nil
+}
+
+// PutIncoming implements Store.
+func (s *MemoryStore) PutIncoming(_ context.Context, m Incoming) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return errStoreClosed
+	}
+	s.seq++
+	k := keyOf(m.From, m.MsgID)
+	s.in[k] = memIn{rec: copyIncoming(m), seq: s.seq}
+	if m.State == InAcking {
+		heap.Push(&s.dueIn, dueEntry{at: m.NextSend, in: k, id: m.MsgID, seq: s.seq})
+	}
+	return nil
+}
+
+// Incoming implements Store.
+func (s *MemoryStore) Incoming(
+	_ context.Context, from principal.Principal, id MsgID,
+) (Incoming, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return Incoming{}, errStoreClosed
+	}
+	e, ok := s.in[keyOf(from, id)]
+	if !ok {
+		return Incoming{}, fmt.Errorf("%w: incoming message %s from %s", ErrNotFound, id, from)
+	}
+	return copyIncoming(e.rec), nil
+}
+
+// DueIncoming implements Store.
+func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time, limit int) ([]Incoming, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	var list []Incoming
+	s.scanDue(&s.dueIn, now, func(e dueEntry) bool {
+		if len(list) >= limit {
+			return false
+		}
+		list = append(list, copyIncoming(s.in[e.in].rec))
+		return true
+	})
+	return list, nil
+}
+
+// NextDue implements Store.
+func (s *MemoryStore) NextDue(context.Context) (time.Time, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return time.Time{}, false, errStoreClosed
+	}
+	out, okOut := s.earliest(&s.dueOut)
+	in, okIn := s.earliest(&s.dueIn)
+	switch {
+	case okOut && (!okIn || out.Before(in)):
+		return out, true, nil
+	case okIn:
+		return in, true, nil
+	}
+	return time.Time{}, false, nil
+}
+
+// Close implements Store. The records are dropped.
+func (s *MemoryStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	s.closed = true
+	s.out, s.in, s.dueOut, s.dueIn = nil, nil, nil, nil
+	return nil
+}
+
+// scanDue visits the live due entries not after now, earliest first, while
+// visit returns true for them, and keeps them in the index. Entries that no
+// longer match their record are dropped on the way.
+func (s *MemoryStore) scanDue(h *dueHeap, now time.Time, visit func(dueEntry) bool) {
+	var kept []dueEntry
+	for h.Len() > 0 && !(*h)[0].at.After(now) {
+		e := heap.Pop(h).(dueEntry)
+		if !s.live(e) {
+			continue
+		}
+		kept = append(kept, e)
+		if !visit(e) {
+			break
+		}
+	}
+	for _, e := range kept {
+		heap.Push(h, e)
+	}
+}
+
+// earliest returns the time of the first live entry of h, dropping stale
+// entries in front of it.
+func (s *MemoryStore) earliest(h *dueHeap) (time.Time, bool) {
+	for h.Len() > 0 {
+		if s.live((*h)[0]) {
+			return (*h)[0].at, true
+		}
+		heap.Pop(h)
+	}
+	return time.Time{}, false
+}
+
+// live reports whether a due entry still describes its record: the record
+// exists, has not changed since the entry was pushed, and is in a state
+// that is resent.
+func (s *MemoryStore) live(e dueEntry) bool {
+	if e.out {
+		r, ok := s.out[e.id]
+		return ok && r.seq == e.seq && r.rec.State == OutPending
+	}
+	r, ok := s.in[e.in]
+	return ok && r.seq == e.seq && r.rec.State == InAcking
+}
+
+// dueEntry is one element of the memory store's due-time index. An entry
+// is stale once its record changed (seq differs) and is dropped lazily.
+type dueEntry struct {
+	at  time.Time
+	out bool
+	id  MsgID
+	in  inKey
+	seq uint64
+}
+
+type dueHeap []dueEntry
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueEntry)) }
+
+func (h *dueHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+func copyOutgoing(m Outgoing) Outgoing {
+	m.To = principal.Principal{Raw: bytes.Clone(m.To.Raw)}
+	m.Payload = bytes.Clone(m.Payload)
+	m.Ack = bytes.Clone(m.Ack)
+	return m
+}
+
+func copyIncoming(m Incoming) Incoming {
+	m.From = principal.Principal{Raw: bytes.Clone(m.From.Raw)}
+	m.Ack = bytes.Clone(m.Ack)
+	return m
+}
