@@ -140,6 +140,12 @@ type Flow struct {
 	active   sync.WaitGroup
 	inflight map[inKey]struct{}
 	inMu     sync.Mutex
+
+	// sending holds the records whose newMessage or ack is queued or
+	// being submitted. The retry loop does not queue them again: under a
+	// backlog longer than RetryAfter that would only lengthen it.
+	sending   map[recordKey]struct{}
+	sendingMu sync.Mutex
 }
 
 // New validates cfg, fills in its defaults and starts a Flow: its send
@@ -162,6 +168,7 @@ func New(cfg Config) (*Flow, error) {
 		queue:    newSendQueue(),
 		wake:     make(chan struct{}, 1),
 		inflight: make(map[inKey]struct{}),
+		sending:  make(map[recordKey]struct{}),
 	}
 	if f.store == nil {
 		f.store, f.ownsStore = NewMemoryStore(), true
@@ -264,9 +271,37 @@ func (f *Flow) lockFor(id MsgID) *sync.Mutex {
 	return &f.locks[id[len(id)-1]%byte(len(f.locks))]
 }
 
-// send queues one call; the send workers submit it.
+// send queues one call that belongs to no record; the send workers
+// submit it.
 func (f *Flow) send(to principal.Principal, method string, arg []byte) {
 	f.queue.push(outCall{to: to, method: method, arg: arg})
+}
+
+// sendFor queues the call of the record k, unless one is already queued
+// or being submitted; it reports whether it queued the call.
+func (f *Flow) sendFor(k recordKey, to principal.Principal, method string, arg []byte) bool {
+	f.sendingMu.Lock()
+	_, busy := f.sending[k]
+	if !busy {
+		f.sending[k] = struct{}{}
+	}
+	f.sendingMu.Unlock()
+
+	if !busy {
+		f.queue.push(outCall{to: to, method: method, arg: arg, rec: k, track: true})
+	}
+	return !busy
+}
+
+// sent marks the end of the submission of c.
+func (f *Flow) sent(c outCall) {
+	if !c.track {
+		return
+	}
+	f.sendingMu.Lock()
+	defer f.sendingMu.Unlock()
+
+	delete(f.sending, c.rec)
 }
 
 // sendWorker submits queued calls until the Flow closes. A failed
@@ -281,6 +316,7 @@ func (f *Flow) sendWorker() {
 		ctx, cancel := context.WithTimeout(f.ctx, f.cfg.SendTimeout)
 		err := f.cfg.Transport.Send(ctx, c.to, c.method, c.arg)
 		cancel()
+		f.sent(c)
 		if err != nil && !errors.Is(f.ctx.Err(), context.Canceled) {
 			f.stats.sendErrors.Add(1)
 			f.log.Debug("asyncflow: send failed", "to", c.to.String(),

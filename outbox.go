@@ -6,12 +6,26 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 )
 
-// outCall is one call waiting for a send worker.
+// outCall is one call waiting for a send worker. A call that belongs to a
+// record (a newMessage or an ack) names it in rec, so that the retry loop
+// can tell the record's send is still on its way.
 type outCall struct {
 	to     principal.Principal
 	method string
 	arg    []byte
+	rec    recordKey
+	track  bool
 }
+
+// recordKey names a record of either side: the sender's by id alone, the
+// receiver's by (caller, id).
+type recordKey struct {
+	out bool
+	in  inKey
+}
+
+func outKey(id MsgID) recordKey { return recordKey{out: true, in: inKey{id: id}} }
+func inKeyOf(k inKey) recordKey { return recordKey{in: k} }
 
 // sendQueue is an unbounded FIFO of calls between the protocol and the
 // send workers. Pushing never blocks, so a Deliver that answers with an

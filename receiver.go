@@ -92,7 +92,7 @@ func (f *Flow) handleNewMessage(ctx context.Context, caller principal.Principal,
 
 	if decideNewMessage(&rec) == newDuplicate {
 		f.stats.duplicates.Add(1)
-		f.send(caller, MethodAck, ackFor(rec).AppendCandid(nil))
+		f.sendFor(inKeyOf(key), caller, MethodAck, ackFor(rec).AppendCandid(nil))
 	}
 	return nil
 }
@@ -138,7 +138,7 @@ func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMes
 	if f.cfg.OnProcessed != nil {
 		f.cfg.OnProcessed(Processed{From: caller, MsgID: m.MsgID, Payload: m.Payload, Ack: ack})
 	}
-	f.send(caller, MethodAck, ackFor(rec).AppendCandid(nil))
+	f.sendFor(inKeyOf(keyOf(caller, m.MsgID)), caller, MethodAck, ackFor(rec).AppendCandid(nil))
 	return nil
 }
 
@@ -199,7 +199,8 @@ func (f *Flow) handleAckAck(ctx context.Context, caller principal.Principal, m A
 	return nil
 }
 
-// resendAck sends a due ack again and moves its due time.
+// resendAck sends a due ack again and moves its due time. An ack whose
+// previous send has not left yet is not queued twice.
 func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) error {
 	lock := f.lockFor(due.MsgID)
 	lock.Lock()
@@ -215,12 +216,11 @@ func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) error
 		return nil
 	}
 
-	rec.Attempts++
-	rec.NextSend = now.Add(f.cfg.RetryAfter)
-	if err := f.store.PutIncoming(ctx, rec); err != nil {
-		return err
+	k := inKeyOf(keyOf(rec.From, rec.MsgID))
+	if f.sendFor(k, rec.From, MethodAck, ackFor(rec).AppendCandid(nil)) {
+		rec.Attempts++
+		f.stats.resent.Add(1)
 	}
-	f.stats.resent.Add(1)
-	f.send(rec.From, MethodAck, ackFor(rec).AppendCandid(nil))
-	return nil
+	rec.NextSend = now.Add(f.cfg.RetryAfter)
+	return f.store.PutIncoming(ctx, rec)
 }

@@ -107,8 +107,8 @@ func TestDuplicateNewMessageIsNotProcessedAgainButReacked(t *testing.T) {
 
 		for range 3 {
 			newMessageTo(t, b.flow, alice, m)
+			synctest.Wait()
 		}
-		synctest.Wait()
 
 		require.Len(t, b.rec.snapshot().handled, 1)
 		acks := b.probe.sent(MethodAck)
@@ -117,6 +117,32 @@ func TestDuplicateNewMessageIsNotProcessedAgainButReacked(t *testing.T) {
 			require.Equal(t, acks[0].arg, c.arg)
 		}
 		require.Equal(t, uint64(2), b.flow.Stats().Duplicates)
+	})
+}
+
+func TestDuplicatesWhileTheAckIsOnItsWayShareOneAck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, _, b := newPair(t, nil)
+		net.Down(alice)
+		release := make(chan struct{})
+		b.probe.check = func(c call) {
+			if c.method == MethodAck {
+				<-release
+			}
+		}
+		id, err := NewMsgID(time.Now())
+		require.NoError(t, err)
+		m := NewMessage{MsgID: id, Payload: []byte("once")}
+
+		for range 3 {
+			newMessageTo(t, b.flow, alice, m)
+			synctest.Wait()
+		}
+		close(release)
+		synctest.Wait()
+
+		require.Len(t, b.rec.snapshot().handled, 1)
+		require.Len(t, b.probe.sent(MethodAck), 1, "the queued ack answers them all")
 	})
 }
 

@@ -113,3 +113,38 @@ func TestEveryMessageArrivesOnceThroughAFaultyNetwork(t *testing.T) {
 		})
 	}
 }
+
+func TestARetryDoesNotQueueAMessageWhoseSendHasNotLeft(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, err := NewNetwork(1, Faults{})
+		require.NoError(t, err)
+		defer net.Close()
+		b := newPeer(t, net, bob, nil)
+		release := make(chan struct{})
+		slow := &probe{from: alice, next: net.Transport(alice)}
+		slow.check = func(c call) {
+			if c.method == MethodNewMessage {
+				<-release
+			}
+		}
+		a := newPeer(t, net, alice, func(c *Config) {
+			c.Transport = slow
+			c.SendWorkers = 1
+			c.RetryAfter = time.Second
+		})
+
+		for range 5 {
+			_, err := a.flow.CallAsync(t.Context(), bob, []byte("x"))
+			require.NoError(t, err)
+		}
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		require.Len(t, slow.sent(MethodNewMessage), 1, "one send stuck, four queued")
+		require.Zero(t, a.flow.Stats().Resent, "nothing queued twice")
+
+		close(release)
+		synctest.Wait()
+		require.Len(t, slow.sent(MethodNewMessage), 5)
+		require.Len(t, b.rec.snapshot().processed, 5)
+	})
+}

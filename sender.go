@@ -52,7 +52,8 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 	f.poke()
 
 	f.stats.sent.Add(1)
-	f.send(target, MethodNewMessage, NewMessage{MsgID: id, Payload: payload}.AppendCandid(nil))
+	f.sendFor(outKey(id), target, MethodNewMessage,
+		NewMessage{MsgID: id, Payload: payload}.AppendCandid(nil))
 	return id, nil
 }
 
@@ -147,7 +148,8 @@ func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
 	}
 }
 
-// resendMessage sends a due newMessage again and moves its due time.
+// resendMessage sends a due newMessage again and moves its due time. A
+// message whose previous send has not left yet is not queued twice.
 func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) error {
 	lock := f.lockFor(id)
 	lock.Lock()
@@ -163,15 +165,14 @@ func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) error
 		return nil
 	}
 
-	rec.Attempts++
-	rec.NextSend = now.Add(f.cfg.RetryAfter)
-	if err := f.store.PutOutgoing(ctx, rec); err != nil {
-		return err
+	arg := NewMessage{MsgID: rec.MsgID, Payload: rec.Payload}.AppendCandid(nil)
+	queued := f.sendFor(outKey(id), rec.To, MethodNewMessage, arg)
+	if queued {
+		rec.Attempts++
+		f.stats.resent.Add(1)
 	}
-	f.stats.resent.Add(1)
-	f.send(rec.To, MethodNewMessage,
-		NewMessage{MsgID: rec.MsgID, Payload: rec.Payload}.AppendCandid(nil))
-	return nil
+	rec.NextSend = now.Add(f.cfg.RetryAfter)
+	return f.store.PutOutgoing(ctx, rec)
 }
 
 // resumeAcked finishes messages a previous Flow recorded as acked but did
