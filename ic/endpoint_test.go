@@ -302,6 +302,19 @@ func refusalCases() []refusalCase {
 			status: 400, reason: "unknown field",
 		},
 		{
+			name: "envelope key in another case",
+			build: func(t *testing.T, h *harness, id identity.Identity) (string, []byte) {
+				path, req := valid(t, h, id)
+				env := signed(id, req)
+				return path, encode(t, map[string]any{
+					"Content":       contentMap(req),
+					"sender_pubkey": env.SenderPubKey,
+					"sender_sig":    env.SenderSig,
+				})
+			},
+			status: 400, reason: "unknown field",
+		},
+		{
 			name: "content map with too many fields",
 			build: func(t *testing.T, h *harness, id identity.Identity) (string, []byte) {
 				path, req := valid(t, h, id)

@@ -24,6 +24,7 @@ var decoder = mustDecoder()
 func mustDecoder() cbor.DecMode {
 	mode, err := cbor.DecOptions{
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		FieldNameMatching: cbor.FieldNameMatchingCaseSensitive,
 		MaxNestedLevels:   16,
 		MaxArrayElements:  1024,
 		MaxMapPairs:       64,
