@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestCandidEncodeMatchesTheReferenceVectors(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--method", "newMessage", "--msg-id", "0"},
+			"4449444c026d7b6c02d9ece182017d8effd6e90e0001010000"},
+		{[]string{"--method", "com_asyncFlow_ack", "--msg-id", "0", "--hash", "891568578"},
+			"4449444c036e796d7b6c03d9ece182017dcedfa0a804008effd6e90e0101020001c241243500"},
+		{[]string{"--method", "ackack", "--msg-id", "0", "--hash", "null"},
+			"4449444c026e796c02d9ece182017dcedfa0a8040001010000"},
+		{[]string{"--method", "ack", "--msg-id", "0", "--payload-hex", "4449444c0000"},
+			"4449444c036e796d7b6c03d9ece182017dcedfa0a804008effd6e90e0101020000064449444c0000"},
+	}
+	for _, tc := range cases {
+		code, stdout, stderr := runCLI(t, append([]string{"candid", "encode"}, tc.args...)...)
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, tc.want+"\n", stdout)
+	}
+}
+
+func TestCandidDecodePrintsJSON(t *testing.T) {
+	cases := []struct {
+		method, hex, want string
+	}{
+		{"newMessage", "4449444c026d7b6c02d9ece182017d8effd6e90e00010100064449444c0000",
+			`{"msg_id":"0","payload":"4449444c0000"}`},
+		{"ack", "4449444c036e796d7b6c03d9ece182017dcedfa0a804008effd6e90e01010200010000000000",
+			`{"msg_id":"0","payload":"","hash":0}`},
+		{"com_asyncFlow_ackack", "4449444c026e796c02d9ece182017dcedfa0a8040001010000",
+			`{"msg_id":"0","hash":null}`},
+	}
+	for _, tc := range cases {
+		code, stdout, stderr := runCLI(t, "candid", "decode", "--method", tc.method, tc.hex)
+		require.Equal(t, 0, code, stderr)
+		require.JSONEq(t, tc.want, stdout)
+		require.Equal(t, 1, strings.Count(stdout, "\n"))
+	}
+}
+
+func TestCandidRoundTripsALargeMsgID(t *testing.T) {
+	id := "340282366920938463463374607431768211455" // 2^128 - 1
+	code, hexArg, stderr := runCLI(t, "candid", "encode", "--method", "ackack",
+		"--msg-id", id, "--hash", "7")
+	require.Equal(t, 0, code, stderr)
+
+	code, stdout, stderr := runCLI(t, "candid", "decode", "--method", "ackack",
+		strings.TrimSpace(hexArg))
+	require.Equal(t, 0, code, stderr)
+	require.JSONEq(t, `{"msg_id":"`+id+`","hash":7}`, stdout)
+}
+
+func TestBadInputGivesOneLineErrorAndNonZeroExit(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	require.NoError(t, os.WriteFile(notPEM, []byte("hello"), 0o600))
+
+	cases := [][]string{
+		{},
+		{"frobnicate"},
+		{"candid"},
+		{"candid", "encode", "--method", "nope", "--msg-id", "1"},
+		{"candid", "encode", "--method", "ack"},
+		{"candid", "encode", "--method", "ack", "--msg-id", "-1"},
+		{"candid", "encode", "--method", "ack", "--msg-id", "1", "--hash", "4294967296"},
+		{"candid", "encode", "--method", "ack", "--msg-id", "1", "--payload-hex", "zz"},
+		{"candid", "encode", "--method", "newMessage", "--msg-id", "1", "--hash", "1"},
+		{"candid", "encode", "--method", "ackack", "--msg-id", "1", "--payload-hex", "00"},
+		{"candid", "encode", "--method", "ack", "--msg-id",
+			"340282366920938463463374607431768211456"},
+		{"candid", "decode", "--method", "ack", "4449"},
+		{"candid", "decode", "--method", "ack", "xyz"},
+		{"candid", "decode", "--method", "ack"},
+		{"candid", "decode", "--method", "newMessage",
+			"4449444c026e796c02d9ece182017dcedfa0a8040001010000"},
+		{"identity", "new"},
+		{"identity", "old", "--out", "x"},
+		{"serve", "--bogus"},
+		{"serve"},
+		{"serve", "--identity", filepath.Join(dir, "missing.pem")},
+		{"serve", "--identity", notPEM},
+		{"serve", "--identity", notPEM, "--peer", "nonsense"},
+		{"send", "--identity", notPEM},
+		{"send", "--to", "aaaaa-aa", "--url", "http://127.0.0.1:1", "--payload-hex", "q"},
+	}
+	for _, args := range cases {
+		code, stdout, stderr := runCLI(t, args...)
+		require.NotEqual(t, 0, code, "%v", args)
+		require.Empty(t, stdout, "%v", args)
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		last := lines[len(lines)-1]
+		require.True(t, strings.HasPrefix(last, "asyncflow: "), "%v: %q", args, stderr)
+		require.NotContains(t, stderr, "goroutine ", "%v: no stack trace", args)
+	}
+}
+
+func TestIdentityNewWritesAPEMAndRefusesToOverwrite(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "id.pem")
+
+	code, stdout, stderr := runCLI(t, "identity", "new", "--out", out)
+	require.Equal(t, 0, code, stderr)
+	pem, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Contains(t, string(pem), "-----BEGIN PRIVATE KEY-----")
+	principalText := strings.TrimSpace(stdout)
+	require.Regexp(t, `^[a-z2-7]{5}(-[a-z2-7]{1,5})+$`, principalText)
+
+	code, _, stderr = runCLI(t, "identity", "new", "--out", out)
+	require.NotEqual(t, 0, code)
+	require.Contains(t, stderr, out)
+	again, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Equal(t, pem, again, "an existing identity is never overwritten")
+}
+
+// newIdentity writes an identity file and returns its path and principal.
+func newIdentity(t *testing.T, dir, name string) (string, string) {
+	t.Helper()
+	path := filepath.Join(dir, name+".pem")
+	code, stdout, stderr := runCLI(t, "identity", "new", "--out", path)
+	require.Equal(t, 0, code, stderr)
+	return path, strings.TrimSpace(stdout)
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	serverID, serverP := newIdentity(t, dir, "server")
+	senderID, senderP := newIdentity(t, dir, "sender")
+	serveAddr, sendAddr := freeAddr(t), freeAddr(t)
+
+	serve := exec.CommandContext(ctx, binary, "serve", "--identity", serverID,
+		"--listen", serveAddr, "--peer", senderP+"=http://"+sendAddr, "--retry-after", "1s")
+	serveOut, err := serve.StdoutPipe()
+	require.NoError(t, err)
+	serveErr, err := serve.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, serve.Start())
+	defer func() {
+		_ = serve.Process.Signal(os.Interrupt)
+		_ = serve.Wait()
+	}()
+	waitForLine(t, serveErr, "serving "+serverP)
+
+	send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
+		"--listen", sendAddr, "--to", serverP, "--url", "http://"+serveAddr,
+		"--payload-hex", "68656c6c6f", "--wait", "30s", "--retry-after", "1s")
+	out, err := send.Output()
+	require.NoError(t, err, "send failed: %s", exitStderr(err))
+
+	var delivered map[string]any
+	require.NoError(t, json.Unmarshal(out, &delivered), string(out))
+	require.Equal(t, "delivered", delivered["event"])
+	require.Equal(t, serverP, delivered["to"])
+	require.Equal(t, "68656c6c6f", delivered["sent"])
+	require.Equal(t, "68656c6c6f", delivered["received"])
+	require.EqualValues(t, 907060870, delivered["hash"]) // CRC-32 of "hello"
+	msgID := delivered["msg_id"].(string)
+
+	processed := readEvent(t, serveOut)
+	require.Equal(t, map[string]any{"event": "processed", "from": senderP,
+		"msg_id": msgID, "payload": "68656c6c6f"}, processed)
+}
+
+func TestSendToAnUnreachablePeerFailsWithOneLine(t *testing.T) {
+	dir := t.TempDir()
+	senderID, _ := newIdentity(t, dir, "sender")
+	_, targetP := newIdentity(t, dir, "target")
+
+	code, stdout, stderr := runCLI(t, "send", "--identity", senderID, "--to", targetP,
+		"--url", "http://"+freeAddr(t), "--payload-hex", "00", "--wait", "2s")
+	require.Equal(t, 1, code)
+	require.Empty(t, stdout)
+	require.Contains(t, stderr, "no ack")
+	require.Contains(t, stderr, "connection refused")
+}
+
+// waitForLine reads r until a line contains want, and keeps draining r.
+func waitForLine(t *testing.T, r io.Reader, want string) {
+	t.Helper()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), want) {
+			go func() { _, _ = io.Copy(io.Discard, r) }()
+			return
+		}
+	}
+	t.Fatalf("the process ended without printing %q", want)
+}
+
+// readEvent reads one JSON line from r.
+func readEvent(t *testing.T, r io.Reader) map[string]any {
+	t.Helper()
+	line, err := bufio.NewReader(r).ReadBytes('\n')
+	require.NoError(t, err)
+	var ev map[string]any
+	require.NoError(t, json.Unmarshal(line, &ev), string(line))
+	return ev
+}
+
+func exitStderr(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
+}

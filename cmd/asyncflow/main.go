@@ -1,0 +1,129 @@
+// Command asyncflow runs asyncflow peers from the shell: it makes
+// identities, serves a signed-call endpoint, sends single messages,
+// converts the three records to and from Candid, and runs a demo.
+//
+// Standard output carries only event lines, one JSON object per line;
+// logs and errors go to standard error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+const usage = `usage: asyncflow <command> [flags]
+
+commands:
+  identity new --out FILE     write a new Ed25519 identity (dfx PEM), print its principal
+  serve                       run a peer whose handler echoes each payload back
+  send                        send one message and wait for its ack
+  candid encode|decode        convert an argument of the three methods
+  demo                        two peers over loopback HTTP through a faulty proxy
+
+Run "asyncflow <command> -h" for the flags of a command.
+`
+
+// usageError is a mistake in the command line: exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := dispatch(ctx, args, newEvents(stdout), stderr)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+
+	// The library's errors name their package; the command says it once.
+	msg := strings.ReplaceAll(err.Error(), "asyncflow: ", "")
+	msg = strings.ReplaceAll(msg, "\n", " ")
+	fmt.Fprintln(stderr, "asyncflow:", msg)
+	if _, ok := errors.AsType[*usageError](err); ok {
+		return 2
+	}
+	return 1
+}
+
+func dispatch(ctx context.Context, args []string, ev *events, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usagef("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "identity":
+		return identityCmd(rest, stderr, ev)
+	case "serve":
+		return serveCmd(ctx, rest, ev, stderr)
+	case "send":
+		return sendCmd(ctx, rest, ev, stderr)
+	case "candid":
+		return candidCmd(rest, ev, stderr)
+	case "demo":
+		return demoCmd(ctx, rest, ev, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stderr, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return usagef("unknown command %q", cmd)
+}
+
+// newFlags returns a flag set that reports errors instead of exiting;
+// its help goes to stderr.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parse parses args and refuses positional arguments beyond want. A bad
+// flag gives one line; -h prints the flags.
+func parse(fs *flag.FlagSet, args []string, want int) error {
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(out, "usage: asyncflow %s [flags]\n", fs.Name())
+		fs.PrintDefaults()
+		return err
+	}
+	if err != nil {
+		return usagef("%s: %v", fs.Name(), err)
+	}
+	if fs.NArg() > want {
+		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(want))
+	}
+	return nil
+}
+
+// newLogger returns the logger for stderr at the chosen level.
+func newLogger(stderr io.Writer, verbose bool) *slog.Logger {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/aviate-labs/agent-go/principal"
+
+	"github.com/asyncflow/asyncflow"
+	"github.com/asyncflow/asyncflow/ic"
+)
+
+// peerFlags collects repeated --peer PRINCIPAL=URL flags.
+type peerFlags map[string]string
+
+func (p peerFlags) String() string { return "" }
+
+func (p peerFlags) Set(v string) error {
+	name, url, ok := strings.Cut(v, "=")
+	if !ok || name == "" || url == "" {
+		return fmt.Errorf("want PRINCIPAL=URL, got %q", v)
+	}
+	if _, err := principal.Decode(name); err != nil {
+		return fmt.Errorf("%q is not a principal: %v", name, err)
+	}
+	p[name] = url
+	return nil
+}
+
+// nodeConfig describes one peer: an identity, an endpoint on a listening
+// address, and a Flow behind it.
+type nodeConfig struct {
+	id     identity.Identity
+	listen string
+	routes map[string]string
+	flow   asyncflow.Config
+	// wrap, if set, wraps the outgoing transport.
+	wrap func(asyncflow.Transport) asyncflow.Transport
+	// onReject receives the endpoint's refusals.
+	onReject func(asyncflow.Rejection)
+	log      *slog.Logger
+}
+
+// node is a running peer.
+type node struct {
+	id       identity.Identity
+	flow     *asyncflow.Flow
+	routes   *ic.Transport
+	server   *http.Server
+	addr     net.Addr
+	served   chan error
+	endpoint *ic.Endpoint
+}
+
+// loadIdentity reads a PEM identity file, naming it in any error.
+func loadIdentity(path string) (identity.Identity, error) {
+	if path == "" {
+		return nil, usagef("--identity is required")
+	}
+	return ic.LoadIdentity(path)
+}
+
+// startNode listens, starts the Flow and serves the endpoint.
+func startNode(cfg nodeConfig) (*node, error) {
+	routes, err := ic.NewTransport(cfg.id, ic.TransportConfig{Routes: cfg.routes,
+		Logger: cfg.log})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %q: %w", cfg.listen, err)
+	}
+
+	var tr asyncflow.Transport = routes
+	if cfg.wrap != nil {
+		tr = cfg.wrap(routes)
+	}
+	fc := cfg.flow
+	fc.Transport = tr
+	fc.Logger = cfg.log
+	flow, err := asyncflow.New(fc)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	ep, err := ic.NewEndpoint(cfg.id.Sender(), flow, ic.EndpointConfig{
+		OnReject: cfg.onReject, Logger: cfg.log})
+	if err != nil {
+		ln.Close()
+		flow.Close()
+		return nil, err
+	}
+
+	n := &node{id: cfg.id, flow: flow, routes: routes, addr: ln.Addr(),
+		served: make(chan error, 1), endpoint: ep}
+	n.server = &http.Server{Handler: ep, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(cfg.log.Handler(), slog.LevelDebug)}
+	go func() { n.served <- n.server.Serve(ln) }()
+	return n, nil
+}
+
+// url is the base URL peers use to reach this node.
+func (n *node) url() string {
+	return "http://" + n.addr.String()
+}
+
+// close stops serving, then stops the Flow.
+func (n *node) close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	err := n.server.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Connections still open after the grace period are cut.
+		err = n.server.Close()
+	}
+	if serr := <-n.served; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return errors.Join(err, n.flow.Close())
+}

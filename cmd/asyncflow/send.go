@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aviate-labs/agent-go/identity"
+	"github.com/aviate-labs/agent-go/principal"
+
+	"github.com/asyncflow/asyncflow"
+)
+
+// sendCmd sends one message, waits for its ack on --listen, prints the
+// "delivered" line, submits the ackack and exits.
+func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) error {
+	fs := newFlags("send", stderr)
+	idPath := fs.String("identity", "", "PEM identity file (required)")
+	listen := fs.String("listen", "127.0.0.1:0",
+		"address to receive the ack on; the receiver needs a route to it")
+	to := fs.String("to", "", "principal of the receiver (required)")
+	url := fs.String("url", "", "base URL of the receiver's endpoint (required)")
+	payloadHex := fs.String("payload-hex", "", "payload as hex")
+	wait := fs.Duration("wait", 30*time.Second, "give up when no ack arrived by then")
+	retry := fs.Duration("retry-after", 5*time.Second,
+		"resend the message when no ack arrived after this long")
+	verbose := fs.Bool("v", false, "log debug detail to stderr")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+
+	target, err := sendTarget(*to, *url)
+	if err != nil {
+		return err
+	}
+	payload, err := hex.DecodeString(*payloadHex)
+	if err != nil {
+		return usagef("send: --payload-hex is not hex: %v", err)
+	}
+	if *wait <= 0 {
+		return usagef("send: --wait must be positive")
+	}
+	id, err := loadIdentity(*idPath)
+	if err != nil {
+		return err
+	}
+	return sendOne(ctx, id, target, *url, *listen, payload, *wait, *retry, ev,
+		newLogger(stderr, *verbose))
+}
+
+func sendTarget(to, url string) (principal.Principal, error) {
+	if to == "" || url == "" {
+		return principal.Principal{}, usagef("send: --to and --url are required")
+	}
+	target, err := principal.Decode(to)
+	if err != nil {
+		return principal.Principal{}, usagef("send: --to %q is not a principal: %v", to, err)
+	}
+	return target, nil
+}
+
+type sendOutcome struct {
+	delivered *asyncflow.Delivery
+	corrupt   *asyncflow.Corruption
+}
+
+func sendOne(ctx context.Context, id identity.Identity, target principal.Principal, url, listen string,
+	payload []byte, wait, retry time.Duration, ev *events, log *slog.Logger) error {
+	watch := &watchTransport{}
+	outcome := make(chan sendOutcome, 1)
+	n, err := startNode(nodeConfig{
+		id: id, listen: listen, routes: map[string]string{target.String(): url},
+		log: log, onReject: ev.rejected,
+		wrap: func(t asyncflow.Transport) asyncflow.Transport {
+			watch.next = t
+			return watch
+		},
+		flow: asyncflow.Config{
+			OnAck: func(_ context.Context, d asyncflow.Delivery) {
+				outcome <- sendOutcome{delivered: &d}
+			},
+			OnCorrupt: func(_ context.Context, c asyncflow.Corruption) {
+				outcome <- sendOutcome{corrupt: &c}
+			},
+			OnReject:   ev.rejected,
+			RetryAfter: retry,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer n.close()
+
+	msgID, err := n.flow.CallAsync(ctx, target, payload)
+	if err != nil {
+		return err
+	}
+	watch.expect(msgID)
+	log.Info("sent", "msg_id", msgID.String(), "to", target.String(), "ack_url", n.url())
+
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("send: interrupted before message %s was acked", msgID.Decimal())
+	case <-timer.C:
+		return fmt.Errorf("send: no ack for message %s from %s within %s%s",
+			msgID.Decimal(), target, wait, watch.lastError())
+	case o := <-outcome:
+		if o.corrupt != nil {
+			ev.corrupt(*o.corrupt)
+			watch.awaitAckAck(ctx, 5*time.Second)
+			return fmt.Errorf("send: message %s was corrupted: hash %s expected, %s reported",
+				msgID.Decimal(), o.corrupt.Expected, o.corrupt.Got)
+		}
+		ev.delivered(*o.delivered)
+	}
+
+	if err := watch.awaitAckAck(ctx, 5*time.Second); err != nil {
+		log.Warn("the ackack was not submitted; the receiver will resend its ack",
+			"msg_id", msgID.String(), "err", err)
+	}
+	return nil
+}
+
+// watchTransport passes calls on and notes what the send command waits
+// for: the submission of its ackack, and the last error of a newMessage.
+type watchTransport struct {
+	next asyncflow.Transport
+
+	mu      sync.Mutex
+	id      asyncflow.MsgID
+	lastErr error
+	ackack  chan error
+}
+
+func (w *watchTransport) expect(id asyncflow.MsgID) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+
+	w.id = id
+	if w.ackack == nil {
+		w.ackack = make(chan error, 1)
+	}
+}
+
+func (w *watchTransport) Route(to principal.Principal) error {
+	if r, ok := w.next.(asyncflow.Router); ok {
+		return r.Route(to)
+	}
+	return nil
+}
+
+func (w *watchTransport) Send(ctx context.Context, to principal.Principal, method string,
+	arg []byte) error {
+	err := w.next.Send(ctx, to, method, arg)
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch method {
+	case asyncflow.MethodNewMessage:
+		if err != nil {
+			w.lastErr = err
+		}
+	case asyncflow.MethodAckAck:
+		var aa asyncflow.AckAck
+		if aa.UnmarshalCandid(arg) == nil && aa.MsgID == w.id && w.ackack != nil {
+			select {
+			case w.ackack <- err:
+			default:
+			}
+		}
+	}
+	return err
+}
+
+func (w *watchTransport) lastError() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+
+	if w.lastErr == nil {
+		return ""
+	}
+	return fmt.Sprintf(" (last send: %v)", w.lastErr)
+}
+
+// awaitAckAck waits for the ackack's submission and returns its error.
+func (w *watchTransport) awaitAckAck(ctx context.Context, limit time.Duration) error {
+	w.mu.Lock()
+	ch := w.ackack
+	w.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return errors.New("the ackack was not submitted in time")
+	}
+}
