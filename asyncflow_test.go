@@ -2,7 +2,6 @@ package asyncflow
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"testing"
@@ -335,10 +334,29 @@ func TestNoHandlerRefusesNewMessages(t *testing.T) {
 	})
 }
 
-// errorIs is a small helper for tables of optional errors.
-func errorIs(err, target error) bool {
-	if target == nil {
-		return err == nil
-	}
-	return errors.Is(err, target)
+func TestCloseCancelsSendsInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cancelled := make(chan error, 1)
+		f, err := New(Config{Transport: stuckTransport{cancelled: cancelled}, Logger: quiet})
+		require.NoError(t, err)
+
+		_, err = f.CallAsync(t.Context(), bob, []byte("x"))
+		require.NoError(t, err)
+		synctest.Wait()
+
+		require.NoError(t, f.Close())
+		require.ErrorIs(t, <-cancelled, context.Canceled)
+	})
+}
+
+// stuckTransport holds every send until its context ends.
+type stuckTransport struct {
+	cancelled chan error
+}
+
+func (b stuckTransport) Send(ctx context.Context, _ principal.Principal, _ string,
+	_ []byte) error {
+	<-ctx.Done()
+	b.cancelled <- ctx.Err()
+	return ctx.Err()
 }
