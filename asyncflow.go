@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,10 +18,18 @@ import (
 // minutes in a full queue, so resending earlier mostly duplicates traffic.
 const DefaultRetryAfter = 5*time.Minute + 30*time.Second
 
+// MinRetryAfter is the smallest RetryAfter New accepts: a shorter delay
+// cannot be told from a resend loop.
+const MinRetryAfter = 10 * time.Millisecond
+
+// DefaultMaxPayload is the default limit on a message payload and on an
+// ack payload: the IC's limit on an ingress message, 2 MiB.
+const DefaultMaxPayload = 2 << 20
+
 // Handler processes a new message from the principal from and returns the
-// ack payload: the answer the sender's ack callback receives. An error
-// records nothing and sends no ack; the sender's next retry brings the
-// message back. The Flow runs a handler at most once at a time for one
+// ack payload: the answer the sender's ack callback receives. An error, a
+// panic or an answer over MaxPayload records nothing and sends no ack; the
+// sender's next retry brings the message back. The Flow runs a handler at most once at a time for one
 // (from, id), and at most once for it in the life of the store, except
 // after a crash between the handler's return and the commit of its
 // result.
@@ -44,7 +53,8 @@ type Config struct {
 	// absent) hash, after the "acked" state is stored and before the
 	// ackack leaves. It runs once per message while the process lives, and
 	// again after a restart if the process stopped before forgetting it:
-	// at least once across crashes.
+	// at least once across crashes. If it panics, the message stays in the
+	// OutAcked state, and the next Flow on the store runs it again.
 	OnAck func(ctx context.Context, d Delivery)
 
 	// OnCorrupt runs when a peer reports a hash other than the CRC-32 of
@@ -61,8 +71,13 @@ type Config struct {
 	OnReject func(r Rejection)
 
 	// RetryAfter is how long to wait for the next step before sending
-	// again. Default DefaultRetryAfter.
+	// again. Default DefaultRetryAfter; at least MinRetryAfter.
 	RetryAfter time.Duration
+
+	// MaxPayload limits the payloads CallAsync accepts, the payloads of
+	// new messages that arrive, and the ack payloads a Handler returns.
+	// Default DefaultMaxPayload.
+	MaxPayload int
 
 	// StrictHash refuses acks and ackacks whose hash is absent, treating
 	// them as corrupt. By default an absent hash is accepted (never
@@ -174,11 +189,20 @@ func New(cfg Config) (*Flow, error) {
 		f.store, f.ownsStore = NewMemoryStore(), true
 	}
 
+	// Only messages acked by an earlier Flow are resumed: listing them in
+	// the background could also catch one this Flow acks meanwhile, and
+	// run its callback twice.
+	acked, err := f.store.ListOutgoing(ctx, OutAcked)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("asyncflow: reading acked messages: %w", err)
+	}
+
 	for range cfg.SendWorkers {
 		f.wg.Go(f.sendWorker)
 	}
 	f.wg.Go(f.retryLoop)
-	f.wg.Go(f.resumeAcked)
+	f.wg.Go(func() { f.resumeAcked(acked) })
 	return f, nil
 }
 
@@ -188,6 +212,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = DefaultRetryAfter
+	}
+	if cfg.MaxPayload == 0 {
+		cfg.MaxPayload = DefaultMaxPayload
 	}
 	if cfg.SendWorkers == 0 {
 		cfg.SendWorkers = 16
@@ -200,8 +227,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 
 	switch {
-	case cfg.RetryAfter < 0:
-		return cfg, fmt.Errorf("%w: RetryAfter %s is negative", ErrInvalidConfig, cfg.RetryAfter)
+	case cfg.RetryAfter < MinRetryAfter:
+		return cfg, fmt.Errorf("%w: RetryAfter %s is below the minimum %s", ErrInvalidConfig,
+			cfg.RetryAfter, MinRetryAfter)
+	case cfg.MaxPayload < 0:
+		return cfg, fmt.Errorf("%w: MaxPayload %d is negative", ErrInvalidConfig,
+			cfg.MaxPayload)
 	case cfg.SendWorkers < 0:
 		return cfg, fmt.Errorf("%w: SendWorkers %d is negative", ErrInvalidConfig,
 			cfg.SendWorkers)
@@ -215,7 +246,9 @@ func (cfg Config) withDefaults() (Config, error) {
 // Close stops the Flow: it cancels sends in flight and the contexts of
 // running handlers and callbacks, waits for them and for every goroutine
 // the Flow started, and closes the store if the Flow created it. State in
-// a durable store is kept for the next Flow. Close is idempotent.
+// a durable store is kept for the next Flow. Close is idempotent. Calling
+// it from a Handler or a callback deadlocks, since Close waits for them to
+// return.
 func (f *Flow) Close() error {
 	f.mu.Lock()
 	if f.closed {
@@ -334,6 +367,31 @@ func (f *Flow) reject(r Rejection) {
 	}
 	f.log.Info("asyncflow: message rejected", attrs...)
 	if f.cfg.OnReject != nil {
-		f.cfg.OnReject(r)
+		_ = f.guard("OnReject", func() { f.cfg.OnReject(r) })
 	}
+}
+
+// guard runs fn, code of the user's, and returns a panic in it as an
+// error, so that one bad message cannot take the process down. The panic
+// is logged with its stack.
+func (f *Flow) guard(what string, fn func()) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s panicked: %v", what, r)
+			f.log.Error("asyncflow: "+what+" panicked", "panic", fmt.Sprint(r),
+				"stack", string(debug.Stack()))
+		}
+	}()
+
+	fn()
+	return nil
+}
+
+// checkPayload refuses a payload over the configured limit.
+func (f *Flow) checkPayload(what string, p []byte) error {
+	if len(p) > f.cfg.MaxPayload {
+		return fmt.Errorf("%w: %s of %d bytes is over the limit of %d", ErrPayloadTooLarge,
+			what, len(p), f.cfg.MaxPayload)
+	}
+	return nil
 }

@@ -38,6 +38,9 @@ var (
 	// ErrNotFound is returned by a Store for a record it does not hold.
 	ErrNotFound = errors.New("asyncflow: record not found")
 
+	// ErrPayloadTooLarge is returned for a payload over Config.MaxPayload.
+	ErrPayloadTooLarge = errors.New("asyncflow: payload too large")
+
 	// ErrInvalidPrincipal is returned for an empty or anonymous principal
 	// where a real one is needed.
 	ErrInvalidPrincipal = errors.New("asyncflow: invalid principal")

@@ -36,10 +36,16 @@ func (f *Flow) Deliver(ctx context.Context, caller principal.Principal, method s
 		if err := m.UnmarshalCandid(arg); err != nil {
 			return f.refuseArg(caller, method, err)
 		}
+		if err := f.checkPayload("payload", m.Payload); err != nil {
+			return f.refuseArg(caller, method, err)
+		}
 		return f.handleNewMessage(ctx, caller, m)
 	case MethodAck:
 		var m Ack
 		if err := m.UnmarshalCandid(arg); err != nil {
+			return f.refuseArg(caller, method, err)
+		}
+		if err := f.checkPayload("ack payload", m.Payload); err != nil {
 			return f.refuseArg(caller, method, err)
 		}
 		return f.handleAck(ctx, caller, m)
@@ -107,7 +113,7 @@ func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMes
 		return err
 	}
 
-	ack, err := f.cfg.Handler(ctx, caller, m.MsgID, m.Payload)
+	ack, err := f.runHandler(ctx, caller, m)
 	if err != nil {
 		f.stats.handlerErrors.Add(1)
 		f.log.Warn("asyncflow: handler failed; the message stays unprocessed",
@@ -136,10 +142,29 @@ func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMes
 
 	f.stats.processed.Add(1)
 	if f.cfg.OnProcessed != nil {
-		f.cfg.OnProcessed(Processed{From: caller, MsgID: m.MsgID, Payload: m.Payload, Ack: ack})
+		_ = f.guard("OnProcessed", func() {
+			f.cfg.OnProcessed(Processed{From: caller, MsgID: m.MsgID, Payload: m.Payload,
+				Ack: ack})
+		})
 	}
 	f.sendFor(inKeyOf(keyOf(caller, m.MsgID)), caller, MethodAck, ackFor(rec).AppendCandid(nil))
 	return nil
+}
+
+// runHandler runs the handler, turning a panic or an answer over
+// MaxPayload into an error.
+func (f *Flow) runHandler(ctx context.Context, caller principal.Principal,
+	m NewMessage) (ack []byte, err error) {
+	panicked := f.guard("handler", func() {
+		ack, err = f.cfg.Handler(ctx, caller, m.MsgID, m.Payload)
+	})
+	switch {
+	case panicked != nil:
+		return nil, panicked
+	case err != nil:
+		return nil, err
+	}
+	return ack, f.checkPayload("ack payload", ack)
 }
 
 // claim marks (caller, id) as being processed; it fails if it already is.
@@ -201,7 +226,7 @@ func (f *Flow) handleAckAck(ctx context.Context, caller principal.Principal, m A
 
 // resendAck sends a due ack again and moves its due time. An ack whose
 // previous send has not left yet is not queued twice.
-func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) error {
+func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) (bool, error) {
 	lock := f.lockFor(due.MsgID)
 	lock.Lock()
 	defer lock.Unlock()
@@ -209,11 +234,11 @@ func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) error
 	rec, err := f.store.Incoming(ctx, due.From, due.MsgID)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return nil
+		return false, nil
 	case err != nil:
-		return err
+		return false, err
 	case rec.State != InAcking || rec.NextSend.After(now):
-		return nil
+		return false, nil
 	}
 
 	k := inKeyOf(keyOf(rec.From, rec.MsgID))
@@ -222,5 +247,5 @@ func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) error
 		f.stats.resent.Add(1)
 	}
 	rec.NextSend = now.Add(f.cfg.RetryAfter)
-	return f.store.PutIncoming(ctx, rec)
+	return true, f.store.PutIncoming(ctx, rec)
 }

@@ -37,17 +37,19 @@ func (f *Flow) poke() {
 	}
 }
 
-// resendDue resends every record due now and returns how long the loop
-// may sleep before the next one is due.
+// resendDue resends every record that was due when it started, and
+// returns how long the loop may sleep before the next one is due. A
+// record it resends is due again only after RetryAfter, so the pass ends
+// however long it takes.
 func (f *Flow) resendDue() time.Duration {
+	now := time.Now()
 	for f.ctx.Err() == nil {
-		now := time.Now()
-		n, err := f.resendDueOnce(f.ctx, now)
+		more, err := f.resendDueOnce(f.ctx, now)
 		if err != nil {
 			f.log.Error("asyncflow: retry scan failed", "err", err)
 			return f.cfg.RetryAfter
 		}
-		if n == 0 {
+		if !more {
 			break
 		}
 	}
@@ -65,27 +67,41 @@ func (f *Flow) resendDue() time.Duration {
 	return max(time.Until(next), 0)
 }
 
-// resendDueOnce resends one batch of due records of each side and returns
-// how many it resent.
-func (f *Flow) resendDueOnce(ctx context.Context, now time.Time) (int, error) {
+// resendDueOnce resends one batch of due records of each side. It
+// reports whether more may be due: a batch was full and moved on.
+func (f *Flow) resendDueOnce(ctx context.Context, now time.Time) (bool, error) {
 	outs, err := f.store.DueOutgoing(ctx, now, retryBatch)
 	if err != nil {
-		return 0, err
+		return false, err
 	}
+	moved := 0
 	for _, m := range outs {
-		if err := f.resendMessage(ctx, m.MsgID, now); err != nil {
-			return 0, err
+		ok, err := f.resendMessage(ctx, m.MsgID, now)
+		if err != nil {
+			return false, err
 		}
+		moved += btoi(ok)
 	}
 
 	ins, err := f.store.DueIncoming(ctx, now, retryBatch)
 	if err != nil {
-		return 0, err
+		return false, err
 	}
 	for _, m := range ins {
-		if err := f.resendAck(ctx, m, now); err != nil {
-			return 0, err
+		ok, err := f.resendAck(ctx, m, now)
+		if err != nil {
+			return false, err
 		}
+		moved += btoi(ok)
 	}
-	return len(outs) + len(ins), nil
+
+	full := len(outs) == retryBatch || len(ins) == retryBatch
+	return full && moved > 0, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

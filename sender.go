@@ -15,11 +15,15 @@ import (
 // repeated every RetryAfter until the target's ack arrives. When it does,
 // OnAck (or, on a hash mismatch, OnCorrupt) runs.
 //
-// CallAsync refuses an empty or anonymous target, and a target the
-// transport has no route to (ErrNoRoute), before storing anything.
+// CallAsync refuses an empty or anonymous target, a payload over
+// MaxPayload (ErrPayloadTooLarge), and a target the transport has no
+// route to (ErrNoRoute), before storing anything.
 func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 	payload []byte) (MsgID, error) {
 	if err := checkPeer(target); err != nil {
+		return MsgID{}, err
+	}
+	if err := f.checkPayload("payload", payload); err != nil {
 		return MsgID{}, err
 	}
 	if r, ok := f.cfg.Transport.(Router); ok {
@@ -121,17 +125,24 @@ func (f *Flow) handleAck(ctx context.Context, caller principal.Principal, ack Ac
 }
 
 // finishAcked runs the ack callback of an acked message, sends the ackack
-// and forgets the message.
+// and forgets the message. A message whose callback panicked is kept in
+// the acked state, so that the next Flow on the store runs it again.
 func (f *Flow) finishAcked(ctx context.Context, rec Outgoing) {
 	f.stats.delivered.Add(1)
+	var failed error
 	if f.cfg.OnAck != nil {
-		f.cfg.OnAck(ctx, Delivery{To: rec.To, MsgID: rec.MsgID, Sent: rec.Payload,
-			Received: rec.Ack, Hash: rec.AckHash})
+		failed = f.guard("OnAck", func() {
+			f.cfg.OnAck(ctx, Delivery{To: rec.To, MsgID: rec.MsgID, Sent: rec.Payload,
+				Received: rec.Ack, Hash: rec.AckHash})
+		})
 	}
 
 	ack := Ack{MsgID: rec.MsgID, Hash: rec.AckHash, Payload: rec.Ack}
 	f.send(rec.To, MethodAckAck, ackackFor(ack).AppendCandid(nil))
 
+	if failed != nil {
+		return
+	}
 	if err := f.store.DeleteOutgoing(ctx, rec.MsgID); err != nil {
 		f.log.Error("asyncflow: forgetting delivered message failed",
 			"msg_id", rec.MsgID.String(), "to", rec.To.String(), "err", err)
@@ -144,13 +155,13 @@ func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
 	f.log.Warn("asyncflow: hash mismatch", "side", string(c.Side), "peer", c.Peer.String(),
 		"msg_id", c.MsgID.String(), "expected", c.Expected.String(), "got", c.Got.String())
 	if f.cfg.OnCorrupt != nil {
-		f.cfg.OnCorrupt(ctx, c)
+		_ = f.guard("OnCorrupt", func() { f.cfg.OnCorrupt(ctx, c) })
 	}
 }
 
 // resendMessage sends a due newMessage again and moves its due time. A
 // message whose previous send has not left yet is not queued twice.
-func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) error {
+func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) (bool, error) {
 	lock := f.lockFor(id)
 	lock.Lock()
 	defer lock.Unlock()
@@ -158,33 +169,25 @@ func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) error
 	rec, err := f.store.Outgoing(ctx, id)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return nil
+		return false, nil
 	case err != nil:
-		return err
+		return false, err
 	case rec.State != OutPending || rec.NextSend.After(now):
-		return nil
+		return false, nil
 	}
 
 	arg := NewMessage{MsgID: rec.MsgID, Payload: rec.Payload}.AppendCandid(nil)
-	queued := f.sendFor(outKey(id), rec.To, MethodNewMessage, arg)
-	if queued {
+	if f.sendFor(outKey(id), rec.To, MethodNewMessage, arg) {
 		rec.Attempts++
 		f.stats.resent.Add(1)
 	}
 	rec.NextSend = now.Add(f.cfg.RetryAfter)
-	return f.store.PutOutgoing(ctx, rec)
+	return true, f.store.PutOutgoing(ctx, rec)
 }
 
 // resumeAcked finishes messages a previous Flow recorded as acked but did
 // not forget: their callbacks run again.
-func (f *Flow) resumeAcked() {
-	recs, err := f.store.ListOutgoing(f.ctx, OutAcked)
-	if err != nil {
-		if f.ctx.Err() == nil {
-			f.log.Error("asyncflow: reading acked messages failed", "err", err)
-		}
-		return
-	}
+func (f *Flow) resumeAcked(recs []Outgoing) {
 	for _, rec := range recs {
 		if f.ctx.Err() != nil {
 			return
