@@ -48,8 +48,10 @@ type EndpointConfig struct {
 	MaxIngressExpiry time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
-	// OnReject, if set, is called once for every refused submission,
-	// before the answer is written. It must be safe for concurrent use.
+	// OnReject, if set, is called once for every submission the endpoint
+	// refuses itself, before the answer is written. A call the Inbound
+	// refuses is answered but not reported here: the Inbound reports it
+	// (a Flow through Config.OnReject). It must be safe for concurrent use.
 	OnReject func(asyncflow.Rejection)
 	// Logger receives refusals at debug level (info when the sender was
 	// authenticated). Default: discard.
@@ -67,7 +69,8 @@ type EndpointConfig struct {
 // the ingress expiry was within bounds, both canister ids named this
 // endpoint, the method was an asyncflow method and Inbound.Deliver
 // succeeded. Every other request gets a 4xx or 5xx answer with a one-line
-// text/plain reason, a call to OnReject, and is not delivered.
+// text/plain reason and is not delivered; the endpoint's own refusals are
+// reported to OnReject.
 //
 // Anonymous callers and sender delegations are refused. An Endpoint is
 // safe for concurrent use.
@@ -121,6 +124,8 @@ func NewEndpoint(
 type refusal struct {
 	status int
 	reason string
+	// inbound marks a refusal that came from the Inbound.
+	inbound bool
 }
 
 func (r *refusal) Error() string { return r.reason }
@@ -157,7 +162,8 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // accept runs every check in order and then delivers; the first failure
-// stops it.
+// stops it. The cheap checks come before the signature, the only costly
+// one.
 func (e *Endpoint) accept(s *submission) error {
 	checks := []func(*submission) error{
 		e.checkHTTPMethod,
@@ -167,10 +173,10 @@ func (e *Endpoint) accept(s *submission) error {
 		e.checkRequestType,
 		e.checkDelegation,
 		e.checkAnonymous,
-		e.checkSignature,
 		e.checkExpiry,
 		e.checkCanisterID,
 		e.checkMethod,
+		e.checkSignature,
 		e.deliver,
 	}
 	for _, check := range checks {
@@ -344,18 +350,37 @@ func (e *Endpoint) checkMethod(s *submission) error {
 		quoteShort(s.c.method))
 }
 
-// deliver hands the call to the Inbound and maps its refusal to a status.
+// deliver hands the call to the Inbound and maps its refusal to a
+// status: 4xx for a call the Inbound will never take, 503 for one it
+// cannot take now, and 500, without the detail, for its own faults.
 func (e *Endpoint) deliver(s *submission) error {
 	err := e.in.Deliver(s.r.Context(), s.c.sender, s.c.method, s.c.arg)
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, asyncflow.ErrPayloadTooLarge):
+		return inboundRefusal(http.StatusRequestEntityTooLarge, err.Error())
+	case errors.Is(err, asyncflow.ErrInvalidCandid), errors.Is(err, asyncflow.ErrInvalidMsgID),
+		errors.Is(err, asyncflow.ErrUnknownMethod), errors.Is(err, asyncflow.ErrInvalidPrincipal),
+		errors.Is(err, asyncflow.ErrNoRoute), errors.Is(err, asyncflow.ErrNoHandler),
+		errors.Is(err, asyncflow.ErrNotPeer):
+		return inboundRefusal(http.StatusBadRequest, "call refused: "+err.Error())
 	case errors.Is(err, asyncflow.ErrClosed):
-		return refuse(http.StatusServiceUnavailable, "not accepting calls: %v", err)
+		return inboundRefusal(http.StatusServiceUnavailable, "not accepting calls now")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return refuse(http.StatusServiceUnavailable, "call not delivered: %v", err)
+		return inboundRefusal(http.StatusServiceUnavailable, "call not delivered: "+err.Error())
 	}
-	return refuse(http.StatusBadRequest, "call refused: %v", err)
+
+	e.log.ErrorContext(s.r.Context(), "ic: delivering a call failed",
+		slog.String("from", s.c.sender.Encode()), slog.String("method", s.c.method),
+		slog.String("err", err.Error()))
+	return inboundRefusal(http.StatusInternalServerError, "internal error; try again later")
+}
+
+// inboundRefusal is a refusal of the Inbound's, which reports its own
+// refusals: the endpoint answers it but does not report it again.
+func inboundRefusal(status int, reason string) *refusal {
+	return &refusal{status: status, reason: reason, inbound: true}
 }
 
 // refuse answers a refused submission, reports and logs it.
@@ -389,7 +414,7 @@ func (e *Endpoint) refuse(s *submission, err error) {
 	}
 	e.log.LogAttrs(s.r.Context(), level, "ic: call refused", attrs...)
 
-	if e.cfg.OnReject != nil {
+	if e.cfg.OnReject != nil && (ref == nil || !ref.inbound) {
 		e.cfg.OnReject(rejection)
 	}
 

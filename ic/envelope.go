@@ -38,8 +38,8 @@ func mustDecoder() cbor.DecMode {
 	return mode
 }
 
-// envelope is the outer map of a submission. Content stays raw so that it
-// can be decoded as a generic map and hashed exactly as received.
+// envelope is the outer map of a submission. Content stays raw so that its
+// fields can be checked before they are decoded, and hashed as received.
 type envelope struct {
 	Content          cbor.RawMessage `cbor:"content"`
 	SenderPubKey     []byte          `cbor:"sender_pubkey"`
@@ -72,12 +72,36 @@ func decodeEnvelope(body []byte) (envelope, error) {
 	return env, nil
 }
 
+// contentFields are the fields a call's content map may hold, with the
+// CBOR major type of each: 0 for an unsigned integer, 2 for a byte string,
+// 3 for a text string. A content map with any other field is refused
+// before anything in it is decoded, so that an unsigned body cannot make
+// the endpoint build a large generic value.
+var contentFields = map[string]byte{
+	"request_type":   3,
+	"method_name":    3,
+	"canister_id":    2,
+	"sender":         2,
+	"arg":            2,
+	"nonce":          2,
+	"ingress_expiry": 0,
+}
+
 // decodeContent decodes the content map and reads the fields of a call.
 // Every field must have the type the IC interface gives it.
 func decodeContent(raw cbor.RawMessage) (content, error) {
-	var c content
-	if err := decoder.Unmarshal(raw, &c.fields); err != nil {
+	var fields map[string]cbor.RawMessage
+	if err := decoder.Unmarshal(raw, &fields); err != nil {
 		return content{}, fmt.Errorf("malformed content map: %w", err)
+	}
+
+	c := content{fields: make(map[string]any, len(fields))}
+	for name, value := range fields {
+		v, err := decodeContentField(name, value)
+		if err != nil {
+			return content{}, err
+		}
+		c.fields[name] = v
 	}
 
 	var err error
@@ -99,12 +123,25 @@ func decodeContent(raw cbor.RawMessage) (content, error) {
 	if c.ingressExpiry, err = natField(c.fields, "ingress_expiry"); err != nil {
 		return content{}, err
 	}
-	if _, ok := c.fields["nonce"]; ok {
-		if _, err := blobField(c.fields, "nonce"); err != nil {
-			return content{}, err
-		}
-	}
 	return c, nil
+}
+
+// decodeContentField decodes one field of the content map after checking
+// that the field is known and holds the CBOR type the IC gives it.
+func decodeContentField(name string, raw cbor.RawMessage) (any, error) {
+	major, known := contentFields[name]
+	if !known {
+		return nil, fmt.Errorf("content field %s is not a field of a call", quoteShort(name))
+	}
+	if len(raw) == 0 || raw[0]>>5 != major {
+		return nil, fmt.Errorf("content field %s has the wrong cbor type", name)
+	}
+
+	var v any
+	if err := decoder.Unmarshal(raw, &v); err != nil {
+		return nil, fmt.Errorf("content field %s: %w", name, err)
+	}
+	return v, nil
 }
 
 // field returns a required field of the content map.
