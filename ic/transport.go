@@ -100,10 +100,9 @@ func NewTransport(id identity.Identity, cfg TransportConfig) (*Transport, error)
 	}
 
 	for text, rawURL := range cfg.Routes {
-		p, err := principal.Decode(text)
+		p, err := ParsePrincipal(text)
 		if err != nil {
-			return nil, fmt.Errorf("ic: route principal %q: %v: %w",
-				text, err, asyncflow.ErrInvalidConfig)
+			return nil, fmt.Errorf("ic: route: %v: %w", err, asyncflow.ErrInvalidConfig)
 		}
 		if err := t.AddRoute(p, rawURL); err != nil {
 			return nil, err
