@@ -1,6 +1,6 @@
 module github.com/asyncflow/asyncflow
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/aviate-labs/agent-go v0.6.1

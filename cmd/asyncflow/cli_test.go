@@ -100,6 +100,11 @@ func TestBadInputGivesOneLineErrorAndNonZeroExit(t *testing.T) {
 		{"serve", "--identity", notPEM, "--peer", "nonsense"},
 		{"send", "--identity", notPEM},
 		{"send", "--to", "aaaaa-aa", "--url", "http://127.0.0.1:1", "--payload-hex", "q"},
+		{"send", "--identity", notPEM, "--to", "aaaaa-aa", "--url", "http://127.0.0.1:1"},
+		{"send", "--to", "aaaaa-ab", "--url", "http://127.0.0.1:1", "--listen", ":0"},
+		{"send", "--to", "AAAAA-AA", "--url", "http://127.0.0.1:1", "--listen", ":0"},
+		{"send", "--to", "aaaaa-aa", "--url", "127.0.0.1:1", "--listen", ":0"},
+		{"serve", "--identity", notPEM, "--peer", "aaaaa-aa=localhost:1"},
 	}
 	for _, args := range cases {
 		code, stdout, stderr := runCLI(t, args...)
@@ -197,11 +202,15 @@ func TestSendToAnUnreachablePeerFailsWithOneLine(t *testing.T) {
 	_, targetP := newIdentity(t, dir, "target")
 
 	code, stdout, stderr := runCLI(t, "send", "--identity", senderID, "--to", targetP,
-		"--url", "http://"+freeAddr(t), "--payload-hex", "00", "--wait", "2s")
+		"--url", "http://"+freeAddr(t), "--listen", freeAddr(t), "--payload-hex", "00",
+		"--wait", "2s")
 	require.Equal(t, 1, code)
 	require.Empty(t, stdout)
-	require.Contains(t, stderr, "no ack")
-	require.Contains(t, stderr, "connection refused")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	require.Len(t, lines, 2, stderr)
+	require.Contains(t, lines[0], "not accepted; retrying", "said at once, not after --wait")
+	require.Contains(t, lines[1], "no ack")
+	require.Contains(t, lines[1], "connection refused")
 }
 
 // waitForLine reads r until a line contains want, and keeps draining r.

@@ -7,11 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/aviate-labs/agent-go/identity"
-	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/asyncflow/asyncflow"
 	"github.com/asyncflow/asyncflow/ic"
@@ -27,10 +27,23 @@ func (p peerFlags) Set(v string) error {
 	if !ok || name == "" || url == "" {
 		return fmt.Errorf("want PRINCIPAL=URL, got %q", v)
 	}
-	if _, err := principal.Decode(name); err != nil {
-		return fmt.Errorf("%q is not a principal: %v", name, err)
+	if _, err := ic.ParsePrincipal(name); err != nil {
+		return err
+	}
+	if err := checkURL(url); err != nil {
+		return err
 	}
 	p[name] = url
+	return nil
+}
+
+// checkURL accepts the base URL of an endpoint: http or https, with a
+// host.
+func checkURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an endpoint URL such as http://127.0.0.1:8080", raw)
+	}
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/asyncflow/asyncflow"
+	"github.com/asyncflow/asyncflow/ic"
 )
 
 // sendCmd sends one message, waits for its ack on --listen, prints the
@@ -21,8 +22,8 @@ import (
 func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) error {
 	fs := newFlags("send", stderr)
 	idPath := fs.String("identity", "", "PEM identity file (required)")
-	listen := fs.String("listen", "127.0.0.1:0",
-		"address to receive the ack on; the receiver needs a route to it")
+	listen := fs.String("listen", "",
+		"address to receive the ack on (required); the receiver needs a --peer route to it")
 	to := fs.String("to", "", "principal of the receiver (required)")
 	url := fs.String("url", "", "base URL of the receiver's endpoint (required)")
 	payloadHex := fs.String("payload-hex", "", "payload as hex")
@@ -37,6 +38,10 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 	target, err := sendTarget(*to, *url)
 	if err != nil {
 		return err
+	}
+	if *listen == "" {
+		return usagef("send: --listen is required: the receiver sends its ack there, " +
+			"and needs a route to it (serve --peer <this principal>=http://<listen>)")
 	}
 	payload, err := hex.DecodeString(*payloadHex)
 	if err != nil {
@@ -57,9 +62,12 @@ func sendTarget(to, url string) (principal.Principal, error) {
 	if to == "" || url == "" {
 		return principal.Principal{}, usagef("send: --to and --url are required")
 	}
-	target, err := principal.Decode(to)
+	target, err := ic.ParsePrincipal(to)
 	if err != nil {
-		return principal.Principal{}, usagef("send: --to %q is not a principal: %v", to, err)
+		return principal.Principal{}, usagef("send: --to: %v", err)
+	}
+	if err := checkURL(url); err != nil {
+		return principal.Principal{}, usagef("send: --url: %v", err)
 	}
 	return target, nil
 }
@@ -71,7 +79,7 @@ type sendOutcome struct {
 
 func sendOne(ctx context.Context, id identity.Identity, target principal.Principal, url, listen string,
 	payload []byte, wait, retry time.Duration, ev *events, log *slog.Logger) error {
-	watch := &watchTransport{}
+	watch := &watchTransport{warn: log}
 	outcome := make(chan sendOutcome, 1)
 	n, err := startNode(nodeConfig{
 		id: id, listen: listen, routes: map[string]string{target.String(): url},
@@ -132,6 +140,7 @@ func sendOne(ctx context.Context, id identity.Identity, target principal.Princip
 // for: the submission of its ackack, and the last error of a newMessage.
 type watchTransport struct {
 	next asyncflow.Transport
+	warn *slog.Logger
 
 	mu      sync.Mutex
 	id      asyncflow.MsgID
@@ -164,6 +173,10 @@ func (w *watchTransport) Send(ctx context.Context, to principal.Principal, metho
 	defer w.mu.Unlock()
 	switch method {
 	case asyncflow.MethodNewMessage:
+		if err != nil && w.lastErr == nil && w.warn != nil {
+			w.warn.Warn("the message was not accepted; retrying until --wait runs out",
+				"to", to.String(), "err", err)
+		}
 		if err != nil {
 			w.lastErr = err
 		}
