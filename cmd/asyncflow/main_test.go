@@ -24,26 +24,23 @@ func TestMain(m *testing.M) {
 	build := exec.Command("go", "build", "-o", binary, ".")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
+		os.RemoveAll(dir)
 		panic("building the asyncflow command: " + err.Error())
 	}
 
-	code := 0
-	func() {
-		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(&exitRecorder{m: m, code: &code})
-	}()
-	os.Exit(code)
+	goleak.VerifyTestMain(cleanup{m: m, dir: dir})
 }
 
-// exitRecorder lets TestMain clean up after goleak has run the tests.
-type exitRecorder struct {
-	m    *testing.M
-	code *int
+// cleanup runs the tests and then removes the built command, before
+// goleak looks for leaks and exits.
+type cleanup struct {
+	m   *testing.M
+	dir string
 }
 
-func (r *exitRecorder) Run() int {
-	*r.code = r.m.Run()
-	return *r.code
+func (c cleanup) Run() int {
+	defer os.RemoveAll(c.dir)
+	return c.m.Run()
 }
 
 // runCLI runs the command in-process and returns its exit code and output.
