@@ -29,10 +29,10 @@ const DefaultMaxPayload = 2 << 20
 // Handler processes a new message from the principal from and returns the
 // ack payload: the answer the sender's ack callback receives. An error, a
 // panic or an answer over MaxPayload records nothing and sends no ack; the
-// sender's next retry brings the message back. The Flow runs a handler at most once at a time for one
-// (from, id), and at most once for it in the life of the store, except
-// after a crash between the handler's return and the commit of its
-// result.
+// sender's next retry brings the message back, and the handler runs again.
+// The Flow runs a handler at most once at a time for one (from, id), and
+// it returns successfully at most once for it in the life of the store,
+// except after a crash between its return and the commit of its result.
 type Handler func(ctx context.Context, from principal.Principal, id MsgID,
 	payload []byte) ([]byte, error)
 
@@ -79,9 +79,10 @@ type Config struct {
 	// Default DefaultMaxPayload.
 	MaxPayload int
 
-	// StrictHash refuses acks and ackacks whose hash is absent, treating
-	// them as corrupt. By default an absent hash is accepted (never
-	// reported as verified).
+	// StrictHash treats an ack or ackack whose hash is absent as a
+	// mismatch: OnCorrupt runs and, on the sender, the message moves to
+	// OutCorrupt. By default an absent hash is accepted, and a Delivery
+	// shows it as absent.
 	StrictHash bool
 
 	// SendWorkers is how many sends run at once. Default 16.
@@ -96,10 +97,14 @@ type Config struct {
 
 // Processed describes a new message whose processing was committed.
 type Processed struct {
-	From    principal.Principal
-	MsgID   MsgID
+	// From is the caller that sent the message.
+	From principal.Principal
+	// MsgID is the message's id.
+	MsgID MsgID
+	// Payload is what the handler processed.
 	Payload []byte
-	Ack     []byte
+	// Ack is the handler's answer, which the ack carries.
+	Ack []byte
 }
 
 // Stats counts what a Flow did since it started. Counters only grow.
@@ -150,17 +155,20 @@ type Flow struct {
 	// lock is chosen by its id.
 	locks [64]sync.Mutex
 
-	mu       sync.RWMutex
-	closed   bool
-	active   sync.WaitGroup
-	inflight map[inKey]struct{}
-	inMu     sync.Mutex
+	// mu guards closed; active counts the calls under way, which Close
+	// waits for.
+	mu     sync.RWMutex
+	closed bool
+	active sync.WaitGroup
+
+	// processing holds the incoming records whose handler is running, so
+	// that a duplicate arriving meanwhile does not run it again.
+	processing keySet
 
 	// sending holds the records whose newMessage or ack is queued or
 	// being submitted. The retry loop does not queue them again: under a
 	// backlog longer than RetryAfter that would only lengthen it.
-	sending   map[recordKey]struct{}
-	sendingMu sync.Mutex
+	sending keySet
 }
 
 // New validates cfg, fills in its defaults and starts a Flow: its send
@@ -175,15 +183,13 @@ func New(cfg Config) (*Flow, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Flow{
-		cfg:      cfg,
-		store:    cfg.Store,
-		log:      cfg.Logger,
-		ctx:      ctx,
-		cancel:   cancel,
-		queue:    newSendQueue(),
-		wake:     make(chan struct{}, 1),
-		inflight: make(map[inKey]struct{}),
-		sending:  make(map[recordKey]struct{}),
+		cfg:    cfg,
+		store:  cfg.Store,
+		log:    cfg.Logger,
+		ctx:    ctx,
+		cancel: cancel,
+		queue:  newSendQueue(),
+		wake:   make(chan struct{}, 1),
 	}
 	if f.store == nil {
 		f.store, f.ownsStore = NewMemoryStore(), true
@@ -310,35 +316,20 @@ func (f *Flow) send(to principal.Principal, method string, arg []byte) {
 	f.queue.push(outCall{to: to, method: method, arg: arg})
 }
 
-// sendFor queues the call of the record k, unless one is already queued
-// or being submitted; it reports whether it queued the call.
-func (f *Flow) sendFor(k recordKey, to principal.Principal, method string, arg []byte) bool {
-	f.sendingMu.Lock()
-	_, busy := f.sending[k]
-	if !busy {
-		f.sending[k] = struct{}{}
+// sendFor queues the call of the record k, built by arg, unless one is
+// already queued or being submitted; it reports whether it queued it.
+func (f *Flow) sendFor(k recordKey, first bool, to principal.Principal, method string,
+	arg func() []byte) bool {
+	if !f.sending.add(k) {
+		return false
 	}
-	f.sendingMu.Unlock()
-
-	if !busy {
-		f.queue.push(outCall{to: to, method: method, arg: arg, rec: k, track: true})
-	}
-	return !busy
-}
-
-// sent marks the end of the submission of c.
-func (f *Flow) sent(c outCall) {
-	if !c.track {
-		return
-	}
-	f.sendingMu.Lock()
-	defer f.sendingMu.Unlock()
-
-	delete(f.sending, c.rec)
+	f.queue.push(outCall{to: to, method: method, arg: arg(), rec: k, first: first})
+	return true
 }
 
 // sendWorker submits queued calls until the Flow closes. A failed
-// submission is logged and counted: the protocol's retries repair it.
+// submission is counted and logged, as a warning the first time a record
+// is sent: the protocol's retries repair the rest.
 func (f *Flow) sendWorker() {
 	for {
 		c, ok := f.queue.pop()
@@ -349,12 +340,20 @@ func (f *Flow) sendWorker() {
 		ctx, cancel := context.WithTimeout(f.ctx, f.cfg.SendTimeout)
 		err := f.cfg.Transport.Send(ctx, c.to, c.method, c.arg)
 		cancel()
-		f.sent(c)
-		if err != nil && !errors.Is(f.ctx.Err(), context.Canceled) {
-			f.stats.sendErrors.Add(1)
-			f.log.Debug("asyncflow: send failed", "to", c.to.String(),
-				"method", ShortMethod(c.method), "err", err)
+		if c.tracked() {
+			f.sending.remove(c.rec)
 		}
+		if err == nil || f.ctx.Err() != nil {
+			continue
+		}
+
+		f.stats.sendErrors.Add(1)
+		level := slog.LevelDebug
+		if c.first {
+			level = slog.LevelWarn
+		}
+		f.log.Log(f.ctx, level, "asyncflow: send failed; it is retried", "to", c.to.String(),
+			"method", ShortMethod(c.method), "err", err)
 	}
 }
 
@@ -367,24 +366,41 @@ func (f *Flow) reject(r Rejection) {
 	}
 	f.log.Info("asyncflow: message rejected", attrs...)
 	if f.cfg.OnReject != nil {
-		_ = f.guard("OnReject", func() { f.cfg.OnReject(r) })
+		f.logPanic(guard("OnReject", func() { f.cfg.OnReject(r) }))
 	}
 }
 
-// guard runs fn, code of the user's, and returns a panic in it as an
-// error, so that one bad message cannot take the process down. The panic
-// is logged with its stack.
-func (f *Flow) guard(what string, fn func()) (err error) {
+// guard runs fn, code of the user's, and turns a panic in it into an
+// error that carries the stack, so that one bad message cannot take the
+// process down. The caller logs it.
+func guard(what string, fn func()) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%s panicked: %v", what, r)
-			f.log.Error("asyncflow: "+what+" panicked", "panic", fmt.Sprint(r),
-				"stack", string(debug.Stack()))
+			err = &panicError{what: what, value: r, stack: debug.Stack()}
 		}
 	}()
 
 	fn()
 	return nil
+}
+
+// panicError is a panic recovered from user code.
+type panicError struct {
+	what  string
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string {
+	return fmt.Sprintf("%s panicked: %v", e.what, e.value)
+}
+
+// logPanic logs what guard recovered, with its stack; other errors are
+// left to the caller.
+func (f *Flow) logPanic(err error) {
+	if p, ok := errors.AsType[*panicError](err); ok {
+		f.log.Error("asyncflow: "+p.Error(), "stack", string(p.stack))
+	}
 }
 
 // checkPayload refuses a payload over the configured limit.

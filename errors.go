@@ -5,8 +5,8 @@ import "errors"
 // Errors returned by this package, for use with errors.Is. Returned errors
 // wrap them with the detail that names what failed.
 var (
-	// ErrClosed is returned by calls on a Flow after Close.
-	ErrClosed = errors.New("asyncflow: flow closed")
+	// ErrClosed is returned by calls on a Flow, or on a Store, after Close.
+	ErrClosed = errors.New("asyncflow: closed")
 
 	// ErrInvalidConfig is returned by New for a configuration it refuses.
 	ErrInvalidConfig = errors.New("asyncflow: invalid config")

@@ -58,7 +58,9 @@ type Rejection struct {
 	// the signature did not verify).
 	From principal.Principal
 	// MsgID is the message's id; valid only when HasMsgID is set.
-	MsgID    MsgID
+	MsgID MsgID
+	// HasMsgID says whether the refused call's argument decoded far enough
+	// to know the id.
 	HasMsgID bool
 	// Method is the called method, when known.
 	Method string

@@ -3,6 +3,7 @@ package asyncflow_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"log/slog"
 	"strings"
 
@@ -16,18 +17,24 @@ import (
 func Example() {
 	alice := principal.Principal{Raw: []byte{1}}
 	bob := principal.Principal{Raw: []byte{2}}
-	network, _ := asyncflow.NewNetwork(1, asyncflow.Faults{})
+	network, err := asyncflow.NewNetwork(1, asyncflow.Faults{})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer network.Close()
 	quiet := slog.New(slog.DiscardHandler)
 
 	done := make(chan asyncflow.Delivery, 1)
-	sender, _ := asyncflow.New(asyncflow.Config{
+	sender, err := asyncflow.New(asyncflow.Config{
 		Transport: network.Transport(alice),
 		OnAck:     func(_ context.Context, d asyncflow.Delivery) { done <- d },
 		Logger:    quiet,
 	})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer sender.Close()
-	receiver, _ := asyncflow.New(asyncflow.Config{
+	receiver, err := asyncflow.New(asyncflow.Config{
 		Transport: network.Transport(bob),
 		Handler: func(_ context.Context, from principal.Principal, _ asyncflow.MsgID,
 			payload []byte) ([]byte, error) {
@@ -35,14 +42,16 @@ func Example() {
 		},
 		Logger: quiet,
 	})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer receiver.Close()
 	network.Attach(alice, sender)
 	network.Attach(bob, receiver)
 
 	id, err := sender.CallAsync(context.Background(), bob, []byte("hello"))
 	if err != nil {
-		fmt.Println(err)
-		return
+		log.Fatal(err)
 	}
 	d := <-done
 	fmt.Println(d.MsgID == id, string(d.Sent), "->", string(d.Received), d.Hash)

@@ -6,9 +6,11 @@ import (
 )
 
 // Hash is the optional CRC-32 that ack and ackack carry (Candid
-// `opt nat32`). A Hash that is not Valid means the peer did not check.
+// `opt nat32`).
 type Hash struct {
+	// Value is the CRC-32; it means nothing unless Valid is set.
 	Value uint32
+	// Valid is false when the peer sent null: it did not check.
 	Valid bool
 }
 
@@ -24,8 +26,8 @@ func SomeHash(v uint32) Hash {
 }
 
 // Matches reports whether h, as sent by a peer, agrees with the CRC-32 of
-// payload. An absent hash matches unless strict is set; it is never
-// reported as verified (see Verified).
+// payload. An absent hash matches unless strict is set; a Delivery still
+// shows it as absent, never as checked.
 func (h Hash) Matches(payload []byte, strict bool) bool {
 	if !h.Valid {
 		return !strict

@@ -12,8 +12,9 @@ import (
 
 // MsgID identifies one message. It is a ULID: its first 48 bits are the
 // creation time in Unix milliseconds and the rest is random, increasing
-// monotonically within a process. On the wire it travels as a Candid nat,
-// the 128-bit unsigned integer formed by its bytes, most significant first.
+// monotonically within a process while its clock does not step back. On
+// the wire it travels as a Candid nat, the 128-bit unsigned integer formed
+// by its bytes, most significant first.
 type MsgID ulid.ULID
 
 // maxMsgID is 2^128: a nat at or above it cannot be a MsgID.
@@ -25,8 +26,8 @@ var (
 )
 
 // NewMsgID returns an id for a message created at t. Ids made by one
-// process are strictly increasing, even within one millisecond. It is safe
-// for concurrent use.
+// process for non-decreasing times are strictly increasing, even within
+// one millisecond. It is safe for concurrent use.
 func NewMsgID(t time.Time) (MsgID, error) {
 	entropyMu.Lock()
 	defer entropyMu.Unlock()

@@ -39,7 +39,19 @@ func (f Faults) validate() error {
 
 // NetworkStats counts what a Network did to the calls it carried.
 type NetworkStats struct {
-	Calls, Dropped, Duplicated, Corrupted, Delayed, Refused uint64
+	// Calls counts submissions to attached principals.
+	Calls uint64
+	// Dropped counts calls lost: by the Drop fault or to a principal that
+	// was down.
+	Dropped uint64
+	// Duplicated counts calls delivered twice.
+	Duplicated uint64
+	// Corrupted counts copies delivered with a flipped bit.
+	Corrupted uint64
+	// Delayed counts copies held back.
+	Delayed uint64
+	// Refused counts copies whose Deliver returned an error.
+	Refused uint64
 }
 
 // Network is an in-memory network between Flows in one process, for tests

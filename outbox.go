@@ -6,26 +6,68 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 )
 
-// outCall is one call waiting for a send worker. A call that belongs to a
-// record (a newMessage or an ack) names it in rec, so that the retry loop
-// can tell the record's send is still on its way.
+// outCall is one call waiting for a send worker. A newMessage or an ack
+// names its record in rec, so that the retry loop can tell that the
+// record's send is still on its way; an ackack belongs to no record.
 type outCall struct {
 	to     principal.Principal
 	method string
 	arg    []byte
 	rec    recordKey
-	track  bool
+	// first marks the first send of a record, whose failure is worth a
+	// warning: a wrong route shows up there.
+	first bool
 }
 
-// recordKey names a record of either side: the sender's by id alone, the
-// receiver's by (caller, id).
+// tracked reports whether c belongs to a record. The zero key names no
+// record: the Flow never sends a message of id zero.
+func (c outCall) tracked() bool {
+	return c.rec != recordKey{}
+}
+
+// recordKey names a record of either side: the sender's by its id, the
+// receiver's by (caller, id), since the receiver keeps records per caller.
 type recordKey struct {
-	out bool
-	in  inKey
+	incoming bool
+	from     string
+	id       MsgID
 }
 
-func outKey(id MsgID) recordKey { return recordKey{out: true, in: inKey{id: id}} }
-func inKeyOf(k inKey) recordKey { return recordKey{in: k} }
+func outKey(id MsgID) recordKey {
+	return recordKey{id: id}
+}
+
+func inKey(from principal.Principal, id MsgID) recordKey {
+	return recordKey{incoming: true, from: string(from.Raw), id: id}
+}
+
+// keySet is a set of record keys, safe for concurrent use.
+type keySet struct {
+	mu   sync.Mutex
+	keys map[recordKey]struct{}
+}
+
+// add puts k in the set; it reports false if k was there already.
+func (s *keySet) add(k recordKey) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if _, ok := s.keys[k]; ok {
+		return false
+	}
+	if s.keys == nil {
+		s.keys = make(map[recordKey]struct{})
+	}
+	s.keys[k] = struct{}{}
+	return true
+}
+
+func (s *keySet) remove(k recordKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	delete(s.keys, k)
+}
 
 // sendQueue is an unbounded FIFO of calls between the protocol and the
 // send workers. Pushing never blocks, so a Deliver that answers with an

@@ -11,12 +11,21 @@ import (
 
 // Deliver implements Inbound: a transport hands it each call it accepted,
 // with the caller it authenticated. It decodes the argument and applies
-// the protocol. It returns an error, having changed nothing, when the
-// method is not one of the three, the argument does not decode, the caller
-// is not a valid peer, or the Flow is closed; an error from the store is
-// returned too, so that the transport can refuse the call and the peer
-// sends it again. Handler errors are not returned: the call was valid, and
-// the sender's retry will bring the message back.
+// the protocol.
+//
+// It returns an error, having changed nothing and run no handler, when:
+// the Flow is closed (ErrClosed); the caller cannot be a peer
+// (ErrInvalidPrincipal); the method is not one of the three
+// (ErrUnknownMethod); the argument does not decode (ErrInvalidCandid,
+// ErrInvalidMsgID); a payload is over MaxPayload (ErrPayloadTooLarge); a
+// new message arrives with no Handler configured (ErrNoHandler) or from a
+// caller the transport has no route back to (ErrNoRoute); an ack comes
+// from a principal other than the message's target (ErrNotPeer); or the
+// store fails, so that the transport can refuse the call and the peer
+// sends it again. Each refusal but the last is also reported to OnReject.
+//
+// Handler errors are not returned: the call was valid, and the sender's
+// retry will bring the message back.
 func (f *Flow) Deliver(ctx context.Context, caller principal.Principal, method string,
 	arg []byte) error {
 	ctx, done, err := f.enter(ctx)
@@ -25,44 +34,46 @@ func (f *Flow) Deliver(ctx context.Context, caller principal.Principal, method s
 	}
 	defer done()
 
-	if err := checkPeer(caller); err != nil {
-		f.reject(Rejection{Method: method, Reason: err.Error()})
-		return err
+	if err := CheckPeer(caller); err != nil {
+		return f.refuse(Rejection{Method: method}, err)
 	}
 
 	switch method {
 	case MethodNewMessage:
 		var m NewMessage
-		if err := m.UnmarshalCandid(arg); err != nil {
-			return f.refuseArg(caller, method, err)
+		err := m.UnmarshalCandid(arg)
+		if err == nil {
+			err = f.checkPayload("payload", m.Payload)
 		}
-		if err := f.checkPayload("payload", m.Payload); err != nil {
-			return f.refuseArg(caller, method, err)
+		if err != nil {
+			return f.refuse(Rejection{From: caller, Method: method}, err)
 		}
 		return f.handleNewMessage(ctx, caller, m)
 	case MethodAck:
 		var m Ack
-		if err := m.UnmarshalCandid(arg); err != nil {
-			return f.refuseArg(caller, method, err)
+		err := m.UnmarshalCandid(arg)
+		if err == nil {
+			err = f.checkPayload("ack payload", m.Payload)
 		}
-		if err := f.checkPayload("ack payload", m.Payload); err != nil {
-			return f.refuseArg(caller, method, err)
+		if err != nil {
+			return f.refuse(Rejection{From: caller, Method: method}, err)
 		}
 		return f.handleAck(ctx, caller, m)
 	case MethodAckAck:
 		var m AckAck
 		if err := m.UnmarshalCandid(arg); err != nil {
-			return f.refuseArg(caller, method, err)
+			return f.refuse(Rejection{From: caller, Method: method}, err)
 		}
 		return f.handleAckAck(ctx, caller, m)
 	}
 	err = fmt.Errorf("%w: %q", ErrUnknownMethod, method)
-	f.reject(Rejection{From: caller, Method: method, Reason: err.Error()})
-	return err
+	return f.refuse(Rejection{From: caller, Method: method}, err)
 }
 
-func (f *Flow) refuseArg(caller principal.Principal, method string, err error) error {
-	f.reject(Rejection{From: caller, Method: method, Reason: err.Error()})
+// refuse reports the refusal r for err and returns err.
+func (f *Flow) refuse(r Rejection, err error) error {
+	r.Reason = err.Error()
+	f.reject(r)
 	return err
 }
 
@@ -74,31 +85,29 @@ func (f *Flow) handleNewMessage(ctx context.Context, caller principal.Principal,
 	if r, ok := f.cfg.Transport.(Router); ok {
 		if err := r.Route(caller); err != nil {
 			err = fmt.Errorf("no route back to the caller for the ack: %w", err)
-			f.reject(Rejection{From: caller, MsgID: m.MsgID, HasMsgID: true,
-				Method: MethodNewMessage, Reason: err.Error()})
-			return err
+			return f.refuse(Rejection{From: caller, MsgID: m.MsgID, HasMsgID: true,
+				Method: MethodNewMessage}, err)
 		}
 	}
 
-	key := keyOf(caller, m.MsgID)
-	if !f.claim(key) {
+	key := inKey(caller, m.MsgID)
+	if !f.processing.add(key) {
 		f.stats.duplicates.Add(1)
 		return nil
 	}
-	defer f.release(key)
+	defer f.processing.remove(key)
 
 	rec, err := f.store.Incoming(ctx, caller, m.MsgID)
 	switch {
-	case err == nil:
 	case errors.Is(err, ErrNotFound):
 		return f.process(ctx, caller, m)
-	default:
+	case err != nil:
 		return fmt.Errorf("asyncflow: reading message %s from %s: %w", m.MsgID, caller, err)
 	}
 
 	if decideNewMessage(&rec) == newDuplicate {
 		f.stats.duplicates.Add(1)
-		f.sendFor(inKeyOf(key), caller, MethodAck, ackFor(rec).AppendCandid(nil))
+		f.sendAck(rec, false)
 	}
 	return nil
 }
@@ -108,9 +117,8 @@ func (f *Flow) handleNewMessage(ctx context.Context, caller principal.Principal,
 func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMessage) error {
 	if f.cfg.Handler == nil {
 		err := fmt.Errorf("%w for message %s", ErrNoHandler, m.MsgID)
-		f.reject(Rejection{From: caller, MsgID: m.MsgID, HasMsgID: true,
-			Method: MethodNewMessage, Reason: err.Error()})
-		return err
+		return f.refuse(Rejection{From: caller, MsgID: m.MsgID, HasMsgID: true,
+			Method: MethodNewMessage}, err)
 	}
 
 	ack, err := f.runHandler(ctx, caller, m)
@@ -131,35 +139,32 @@ func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMes
 		Attempts:    1,
 		NextSend:    now.Add(f.cfg.RetryAfter),
 	}
-	lock := f.lockFor(m.MsgID)
-	lock.Lock()
-	err = f.store.PutIncoming(ctx, rec)
-	lock.Unlock()
-	if err != nil {
-		return fmt.Errorf("asyncflow: committing message %s from %s: %w", m.MsgID, caller, err)
+	if err := f.commit(ctx, rec); err != nil {
+		return err
 	}
 	f.poke()
 
 	f.stats.processed.Add(1)
 	if f.cfg.OnProcessed != nil {
-		_ = f.guard("OnProcessed", func() {
+		f.logPanic(guard("OnProcessed", func() {
 			f.cfg.OnProcessed(Processed{From: caller, MsgID: m.MsgID, Payload: m.Payload,
 				Ack: ack})
-		})
+		}))
 	}
-	f.sendFor(inKeyOf(keyOf(caller, m.MsgID)), caller, MethodAck, ackFor(rec).AppendCandid(nil))
+	f.sendAck(rec, true)
 	return nil
 }
 
 // runHandler runs the handler, turning a panic or an answer over
-// MaxPayload into an error.
+// MaxPayload into an error. A panic is logged here with its stack.
 func (f *Flow) runHandler(ctx context.Context, caller principal.Principal,
 	m NewMessage) (ack []byte, err error) {
-	panicked := f.guard("handler", func() {
+	panicked := guard("handler", func() {
 		ack, err = f.cfg.Handler(ctx, caller, m.MsgID, m.Payload)
 	})
 	switch {
 	case panicked != nil:
+		f.logPanic(panicked)
 		return nil, panicked
 	case err != nil:
 		return nil, err
@@ -167,29 +172,50 @@ func (f *Flow) runHandler(ctx context.Context, caller principal.Principal,
 	return ack, f.checkPayload("ack payload", ack)
 }
 
-// claim marks (caller, id) as being processed; it fails if it already is.
-func (f *Flow) claim(k inKey) bool {
-	f.inMu.Lock()
-	defer f.inMu.Unlock()
+// commit stores the record that makes a message processed.
+func (f *Flow) commit(ctx context.Context, rec Incoming) error {
+	lock := f.lockFor(rec.MsgID)
+	lock.Lock()
+	defer lock.Unlock()
 
-	if _, busy := f.inflight[k]; busy {
-		return false
+	if err := f.store.PutIncoming(ctx, rec); err != nil {
+		return fmt.Errorf("asyncflow: committing message %s from %s: %w", rec.MsgID,
+			rec.From, err)
 	}
-	f.inflight[k] = struct{}{}
-	return true
+	return nil
 }
 
-func (f *Flow) release(k inKey) {
-	f.inMu.Lock()
-	defer f.inMu.Unlock()
-
-	delete(f.inflight, k)
+// sendAck queues the ack of rec unless its last send has not left yet; it
+// reports whether it queued it.
+func (f *Flow) sendAck(rec Incoming, first bool) bool {
+	return f.sendFor(inKey(rec.From, rec.MsgID), first, rec.From, MethodAck, func() []byte {
+		return ackFor(rec).AppendCandid(nil)
+	})
 }
 
 // handleAckAck stops the ack's resending once the sender confirmed it.
 func (f *Flow) handleAckAck(ctx context.Context, caller principal.Principal, m AckAck) error {
+	verdict, rec, err := f.settleAckAck(ctx, caller, m)
+	switch {
+	case err != nil:
+		return err
+	case verdict == ackackIgnore:
+		f.log.Debug("asyncflow: ackack for no acking message", "from", caller.String(),
+			"msg_id", m.MsgID.String())
+	case verdict == ackackCorrupt:
+		f.reportCorrupt(ctx, Corruption{Side: SideReceiver, Peer: caller, MsgID: m.MsgID,
+			Sent: rec.Ack, Expected: HashOf(rec.Ack), Got: m.Hash})
+	}
+	return nil
+}
+
+// settleAckAck decides on an ackack under its record's lock and stores
+// what the decision changes: the ack is no longer resent.
+func (f *Flow) settleAckAck(ctx context.Context, caller principal.Principal,
+	m AckAck) (ackackVerdict, Incoming, error) {
 	lock := f.lockFor(m.MsgID)
 	lock.Lock()
+	defer lock.Unlock()
 
 	rec, err := f.store.Incoming(ctx, caller, m.MsgID)
 	var held *Incoming
@@ -197,35 +223,25 @@ func (f *Flow) handleAckAck(ctx context.Context, caller principal.Principal, m A
 	case err == nil:
 		held = &rec
 	case !errors.Is(err, ErrNotFound):
-		lock.Unlock()
-		return fmt.Errorf("asyncflow: reading message %s from %s: %w", m.MsgID, caller, err)
+		return 0, rec, fmt.Errorf("asyncflow: reading message %s from %s: %w", m.MsgID,
+			caller, err)
 	}
 
 	verdict := decideAckAck(held, m, f.cfg.StrictHash)
 	if verdict == ackackIgnore {
-		lock.Unlock()
-		f.log.Debug("asyncflow: ackack for no acking message", "from", caller.String(),
-			"msg_id", m.MsgID.String())
-		return nil
+		return verdict, rec, nil
 	}
-
 	rec.State = InDone
 	rec.NextSend = time.Time{}
-	err = f.store.PutIncoming(ctx, rec)
-	lock.Unlock()
-	if err != nil {
-		return fmt.Errorf("asyncflow: storing ackack of %s: %w", m.MsgID, err)
+	if err := f.store.PutIncoming(ctx, rec); err != nil {
+		return 0, rec, fmt.Errorf("asyncflow: storing ackack of %s: %w", m.MsgID, err)
 	}
-
-	if verdict == ackackCorrupt {
-		f.reportCorrupt(ctx, Corruption{Side: SideReceiver, Peer: caller, MsgID: m.MsgID,
-			Sent: rec.Ack, Expected: HashOf(rec.Ack), Got: m.Hash})
-	}
-	return nil
+	return verdict, rec, nil
 }
 
 // resendAck sends a due ack again and moves its due time. An ack whose
-// previous send has not left yet is not queued twice.
+// previous send has not left yet is not queued twice. It reports whether
+// the record was due and moved.
 func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) (bool, error) {
 	lock := f.lockFor(due.MsgID)
 	lock.Lock()
@@ -241,8 +257,7 @@ func (f *Flow) resendAck(ctx context.Context, due Incoming, now time.Time) (bool
 		return false, nil
 	}
 
-	k := inKeyOf(keyOf(rec.From, rec.MsgID))
-	if f.sendFor(k, rec.From, MethodAck, ackFor(rec).AppendCandid(nil)) {
+	if f.sendAck(rec, false) {
 		rec.Attempts++
 		f.stats.resent.Add(1)
 	}

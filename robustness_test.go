@@ -25,7 +25,7 @@ func TestCallAsyncRefusesAPayloadLargerThanAnIngressMessage(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		_, a, _ := newPair(t, nil)
 		_, err := a.flow.CallAsync(t.Context(), bob, make([]byte, 4<<20))
-		require.ErrorIs(t, err, ErrPayloadTooLarge, "a 4 MiB payload cannot be an IC ingress message")
+		require.ErrorIs(t, err, ErrPayloadTooLarge, "4 MiB cannot be an IC ingress message")
 		pending, err := a.flow.Messages(t.Context(), OutPending)
 		require.NoError(t, err)
 		require.Empty(t, pending)
@@ -66,30 +66,32 @@ func (blockingTransport) Send(ctx context.Context, _ principal.Principal, _ stri
 	return ctx.Err()
 }
 
-// In real time, bounded to 200 ms: with one message whose send is stuck
-// and the smallest RetryAfter, each pass of the retry loop ends, and the
-// record is rewritten about once per RetryAfter, not continuously.
+// With one message whose send is stuck and the smallest RetryAfter, each
+// pass of the retry loop ends, and the record is rewritten once per
+// RetryAfter (its due time moves on), not continuously.
 func TestRetryLoopDoesNotSpinWhileASendIsStuck(t *testing.T) {
-	store := &countingStore{MemoryStore: NewMemoryStore()}
-	defer store.Close()
-	f, err := New(Config{Transport: blockingTransport{}, Store: store,
-		RetryAfter: MinRetryAfter, SendTimeout: time.Hour, Logger: quiet})
-	require.NoError(t, err)
-	_, err = f.CallAsync(t.Context(), bob, []byte("x"))
-	require.NoError(t, err)
-	time.Sleep(200 * time.Millisecond)
-	require.NoError(t, f.Close())
+	synctest.Test(t, func(t *testing.T) {
+		store := &countingStore{MemoryStore: NewMemoryStore()}
+		defer store.Close()
+		f, err := New(Config{Transport: blockingTransport{}, Store: store,
+			RetryAfter: MinRetryAfter, SendTimeout: time.Hour, Logger: quiet})
+		require.NoError(t, err)
 
-	require.Less(t, store.puts.Load(), int64(200*time.Millisecond/MinRetryAfter)*2,
-		"one stuck message made the retry loop write its record %d times in 200ms",
-		store.puts.Load())
+		_, err = f.CallAsync(t.Context(), bob, []byte("x"))
+		require.NoError(t, err)
+		time.Sleep(20*MinRetryAfter + MinRetryAfter/2)
+		synctest.Wait()
+		require.NoError(t, f.Close())
+
+		require.Equal(t, int64(1+20), store.puts.Load(), "stored once, then moved 20 times")
+		require.Zero(t, f.Stats().Resent, "and never queued while its send is stuck")
+	})
 }
 
-// Handler documents "at most once for it in the life of the store". A
-// handler that panics takes the process down through the in-memory
-// network, and through net/http it leaves the sender with a dropped
-// connection; in both cases the panic escapes Deliver. Deliver should turn
-// it into a handler error (nothing recorded, the retry brings it back).
+// A handler that panics would take the process down through the
+// in-memory network, and drop the connection through net/http. Deliver
+// turns it into a handler error: nothing recorded, the retry brings the
+// message back.
 func TestHandlerPanicDoesNotEscapeDeliver(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		net, _, b := newPair(t, func(c *Config) {
@@ -171,7 +173,8 @@ func TestConcurrentDuplicatesAndForeignAcksProcessOnce(t *testing.T) {
 		id, err := a.flow.CallAsync(t.Context(), bob, []byte("p"))
 		require.NoError(t, err)
 		nm := NewMessage{MsgID: id, Payload: []byte("p")}.AppendCandid(nil)
-		good := Ack{MsgID: id, Hash: HashOf([]byte("p")), Payload: []byte("ack:p")}.AppendCandid(nil)
+		good := Ack{MsgID: id, Hash: HashOf([]byte("p")), Payload: []byte("ack:p")}.
+			AppendCandid(nil)
 
 		var wg sync.WaitGroup
 		for range 20 {

@@ -15,12 +15,12 @@ import (
 // repeated every RetryAfter until the target's ack arrives. When it does,
 // OnAck (or, on a hash mismatch, OnCorrupt) runs.
 //
-// CallAsync refuses an empty or anonymous target, a payload over
-// MaxPayload (ErrPayloadTooLarge), and a target the transport has no
-// route to (ErrNoRoute), before storing anything.
+// CallAsync refuses an empty or anonymous target (ErrInvalidPrincipal), a
+// payload over MaxPayload (ErrPayloadTooLarge), and a target the transport
+// has no route to (ErrNoRoute), before storing anything.
 func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 	payload []byte) (MsgID, error) {
-	if err := checkPeer(target); err != nil {
+	if err := CheckPeer(target); err != nil {
 		return MsgID{}, err
 	}
 	if err := f.checkPayload("payload", payload); err != nil {
@@ -56,57 +56,51 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 	f.poke()
 
 	f.stats.sent.Add(1)
-	f.sendFor(outKey(id), target, MethodNewMessage,
-		NewMessage{MsgID: id, Payload: payload}.AppendCandid(nil))
+	f.sendMessage(rec, true)
 	return id, nil
 }
 
-// checkPeer refuses principals no message can be exchanged with.
-func checkPeer(p principal.Principal) error {
+// sendMessage queues the newMessage of rec unless its last send has not
+// left yet; it reports whether it queued it.
+func (f *Flow) sendMessage(rec Outgoing, first bool) bool {
+	return f.sendFor(outKey(rec.MsgID), first, rec.To, MethodNewMessage, func() []byte {
+		return NewMessage{MsgID: rec.MsgID, Payload: rec.Payload}.AppendCandid(nil)
+	})
+}
+
+// CheckPeer reports whether p can take part in an exchange: it must be a
+// principal of 1 to 29 bytes other than the anonymous one. It returns an
+// error wrapping ErrInvalidPrincipal otherwise.
+func CheckPeer(p principal.Principal) error {
 	switch {
 	case len(p.Raw) == 0:
 		return fmt.Errorf("%w: empty principal", ErrInvalidPrincipal)
 	case p.Equal(principal.AnonymousID):
 		return fmt.Errorf("%w: the anonymous principal cannot take part", ErrInvalidPrincipal)
-	case len(p.Raw) > 29:
+	case len(p.Raw) > maxPrincipalBytes:
 		return fmt.Errorf("%w: %d bytes is longer than a principal", ErrInvalidPrincipal,
 			len(p.Raw))
 	}
 	return nil
 }
 
+// maxPrincipalBytes is the length of the longest principal the IC defines.
+const maxPrincipalBytes = 29
+
 // handleAck applies an ack from caller.
 func (f *Flow) handleAck(ctx context.Context, caller principal.Principal, ack Ack) error {
-	lock := f.lockFor(ack.MsgID)
-	lock.Lock()
-
-	rec, err := f.store.Outgoing(ctx, ack.MsgID)
-	var held *Outgoing
-	switch {
-	case err == nil:
-		held = &rec
-	case !errors.Is(err, ErrNotFound):
-		lock.Unlock()
-		return fmt.Errorf("asyncflow: reading message %s: %w", ack.MsgID, err)
+	verdict, rec, err := f.settleAck(ctx, caller, ack)
+	if err != nil {
+		return err
 	}
-
-	verdict := decideAck(held, caller, ack, f.cfg.StrictHash)
-	switch verdict {
-	case ackAccept, ackCorrupt:
-		rec = rec.acked(ack, verdict == ackCorrupt)
-		if err := f.store.PutOutgoing(ctx, rec); err != nil {
-			lock.Unlock()
-			return fmt.Errorf("asyncflow: storing ack of %s: %w", ack.MsgID, err)
-		}
-	}
-	lock.Unlock()
 
 	switch verdict {
 	case ackNotPeer:
+		err := fmt.Errorf("%w: ack for message %s from %s, which is not its target",
+			ErrNotPeer, ack.MsgID, caller)
 		f.reject(Rejection{From: caller, MsgID: ack.MsgID, HasMsgID: true,
-			Method: MethodAck, Reason: fmt.Sprintf("ack for message %s from %s, "+
-				"which is not its target", ack.MsgID, caller)})
-		return nil
+			Method: MethodAck, Reason: err.Error()})
+		return err
 	case ackAccept:
 		f.finishAcked(ctx, rec)
 		return nil
@@ -124,6 +118,33 @@ func (f *Flow) handleAck(ctx context.Context, caller principal.Principal, ack Ac
 	return nil
 }
 
+// settleAck decides on an ack under its record's lock and stores what the
+// decision changes: the message becomes acked or corrupt.
+func (f *Flow) settleAck(ctx context.Context, caller principal.Principal,
+	ack Ack) (ackVerdict, Outgoing, error) {
+	lock := f.lockFor(ack.MsgID)
+	lock.Lock()
+	defer lock.Unlock()
+
+	rec, err := f.store.Outgoing(ctx, ack.MsgID)
+	var held *Outgoing
+	switch {
+	case err == nil:
+		held = &rec
+	case !errors.Is(err, ErrNotFound):
+		return 0, rec, fmt.Errorf("asyncflow: reading message %s: %w", ack.MsgID, err)
+	}
+
+	verdict := decideAck(held, caller, ack, f.cfg.StrictHash)
+	if verdict == ackAccept || verdict == ackCorrupt {
+		rec = rec.acked(ack, verdict == ackCorrupt)
+		if err := f.store.PutOutgoing(ctx, rec); err != nil {
+			return 0, rec, fmt.Errorf("asyncflow: storing ack of %s: %w", ack.MsgID, err)
+		}
+	}
+	return verdict, rec, nil
+}
+
 // finishAcked runs the ack callback of an acked message, sends the ackack
 // and forgets the message. A message whose callback panicked is kept in
 // the acked state, so that the next Flow on the store runs it again.
@@ -131,10 +152,11 @@ func (f *Flow) finishAcked(ctx context.Context, rec Outgoing) {
 	f.stats.delivered.Add(1)
 	var failed error
 	if f.cfg.OnAck != nil {
-		failed = f.guard("OnAck", func() {
+		failed = guard("OnAck", func() {
 			f.cfg.OnAck(ctx, Delivery{To: rec.To, MsgID: rec.MsgID, Sent: rec.Payload,
 				Received: rec.Ack, Hash: rec.AckHash})
 		})
+		f.logPanic(failed)
 	}
 
 	ack := Ack{MsgID: rec.MsgID, Hash: rec.AckHash, Payload: rec.Ack}
@@ -155,12 +177,13 @@ func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
 	f.log.Warn("asyncflow: hash mismatch", "side", string(c.Side), "peer", c.Peer.String(),
 		"msg_id", c.MsgID.String(), "expected", c.Expected.String(), "got", c.Got.String())
 	if f.cfg.OnCorrupt != nil {
-		_ = f.guard("OnCorrupt", func() { f.cfg.OnCorrupt(ctx, c) })
+		f.logPanic(guard("OnCorrupt", func() { f.cfg.OnCorrupt(ctx, c) }))
 	}
 }
 
 // resendMessage sends a due newMessage again and moves its due time. A
-// message whose previous send has not left yet is not queued twice.
+// message whose previous send has not left yet is not queued twice. It
+// reports whether the record was due and moved.
 func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) (bool, error) {
 	lock := f.lockFor(id)
 	lock.Lock()
@@ -176,8 +199,7 @@ func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) (bool
 		return false, nil
 	}
 
-	arg := NewMessage{MsgID: rec.MsgID, Payload: rec.Payload}.AppendCandid(nil)
-	if f.sendFor(outKey(id), rec.To, MethodNewMessage, arg) {
+	if f.sendMessage(rec, false) {
 		rec.Attempts++
 		f.stats.resent.Add(1)
 	}

@@ -222,7 +222,9 @@ func TestAckFromAnotherPrincipalChangesNothing(t *testing.T) {
 		payload := []byte("p")
 		id := pendingMessage(t, net, a, payload)
 
-		ackFrom(t, a.flow, carol, Ack{MsgID: id, Hash: HashOf(payload), Payload: []byte("r")})
+		err := a.flow.Deliver(t.Context(), carol, MethodAck,
+			Ack{MsgID: id, Hash: HashOf(payload), Payload: []byte("r")}.AppendCandid(nil))
+		require.ErrorIs(t, err, ErrNotPeer)
 		synctest.Wait()
 
 		got := a.rec.snapshot()

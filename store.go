@@ -16,7 +16,9 @@ import (
 type OutState uint8
 
 const (
-	// OutPending: sent and waiting for the ack; resent when due.
+	// OutPending: sent and waiting for the ack; resent when due. The
+	// sender does not give up yet: a message to a peer that never answers
+	// stays pending, and is resent, until the user forgets it.
 	OutPending OutState = iota + 1
 	// OutAcked: the ack arrived and matched; the ack callback and the
 	// ackack are still to run. A Flow that restarts runs them again.
@@ -41,10 +43,14 @@ func (s OutState) String() string {
 
 // Outgoing is the sender's record of a message.
 type Outgoing struct {
-	MsgID   MsgID
-	To      principal.Principal
+	// MsgID is the message's id, the record's key.
+	MsgID MsgID
+	// To is the target principal.
+	To principal.Principal
+	// Payload is what is sent.
 	Payload []byte
-	State   OutState
+	// State is where the message is in the exchange.
+	State OutState
 	// Ack and AckHash hold what the ack carried, once one arrived.
 	Ack     []byte
 	AckHash Hash
@@ -62,7 +68,8 @@ const (
 	// the ackack arrives.
 	InAcking InState = iota + 1
 	// InDone: the ackack arrived. The record stays so that a duplicate
-	// newMessage is not processed again.
+	// newMessage is not processed again. Records do not expire yet, so
+	// a receiver's store grows with every message it ever processed.
 	InDone
 )
 
@@ -80,13 +87,16 @@ func (s InState) String() string {
 // Incoming is the receiver's record of a processed message: its existence
 // is what "processed" means.
 type Incoming struct {
-	From  principal.Principal
+	// From is the caller, and with MsgID the record's key.
+	From principal.Principal
+	// MsgID is the message's id.
 	MsgID MsgID
 	// PayloadHash is the CRC-32 of the payload that was processed; the ack
 	// carries it.
 	PayloadHash uint32
 	// Ack is the handler's answer, sent in every ack.
-	Ack   []byte
+	Ack []byte
+	// State is where the record is in the exchange.
 	State InState
 	// Attempts counts the sends of the ack so far.
 	Attempts uint32
@@ -141,7 +151,7 @@ type MemoryStore struct {
 	closed bool
 	seq    uint64
 	out    map[MsgID]memOut
-	in     map[inKey]memIn
+	in     map[recordKey]memIn
 	// dueOut and dueIn index pending and acking records by NextSend.
 	dueOut dueHeap
 	dueIn  dueHeap
@@ -157,25 +167,15 @@ type memIn struct {
 	seq uint64
 }
 
-// inKey names a receiver record: records are kept per caller.
-type inKey struct {
-	from string
-	id   MsgID
-}
-
-func keyOf(from principal.Principal, id MsgID) inKey {
-	return inKey{from: string(from.Raw), id: id}
-}
-
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
 		out: make(map[MsgID]memOut),
-		in:  make(map[inKey]memIn),
+		in:  make(map[recordKey]memIn),
 	}
 }
 
-var errStoreClosed = fmt.Errorf("%w: store closed", ErrClosed)
+var errStoreClosed = fmt.Errorf("%w: memory store", ErrClosed)
 
 // PutOutgoing implements Store.
 func (s *MemoryStore) PutOutgoing(_ context.Context, m Outgoing) error {
@@ -188,7 +188,7 @@ func (s *MemoryStore) PutOutgoing(_ context.Context, m Outgoing) error {
 	s.seq++
 	s.out[m.MsgID] = memOut{rec: copyOutgoing(m), seq: s.seq}
 	if m.State == OutPending {
-		heap.Push(&s.dueOut, dueEntry{at: m.NextSend, out: true, id: m.MsgID, seq: s.seq})
+		heap.Push(&s.dueOut, dueEntry{at: m.NextSend, key: outKey(m.MsgID), seq: s.seq})
 	}
 	return nil
 }
@@ -251,7 +251,7 @@ func (s *MemoryStore) DueOutgoing(_ context.Context, now time.Time, limit int) (
 		if len(list) >= limit {
 			return false
 		}
-		list = append(list, copyOutgoing(s.out[e.id].rec))
+		list = append(list, copyOutgoing(s.out[e.key.id].rec))
 		return true
 	})
 	return list, nil
@@ -266,10 +266,10 @@ func (s *MemoryStore) PutIncoming(_ context.Context, m Incoming) error {
 		return errStoreClosed
 	}
 	s.seq++
-	k := keyOf(m.From, m.MsgID)
+	k := inKey(m.From, m.MsgID)
 	s.in[k] = memIn{rec: copyIncoming(m), seq: s.seq}
 	if m.State == InAcking {
-		heap.Push(&s.dueIn, dueEntry{at: m.NextSend, in: k, id: m.MsgID, seq: s.seq})
+		heap.Push(&s.dueIn, dueEntry{at: m.NextSend, key: k, seq: s.seq})
 	}
 	return nil
 }
@@ -284,7 +284,7 @@ func (s *MemoryStore) Incoming(
 	if s.closed {
 		return Incoming{}, errStoreClosed
 	}
-	e, ok := s.in[keyOf(from, id)]
+	e, ok := s.in[inKey(from, id)]
 	if !ok {
 		return Incoming{}, fmt.Errorf("%w: incoming message %s from %s", ErrNotFound, id, from)
 	}
@@ -304,7 +304,7 @@ func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time, limit int) (
 		if len(list) >= limit {
 			return false
 		}
-		list = append(list, copyIncoming(s.in[e.in].rec))
+		list = append(list, copyIncoming(s.in[e.key].rec))
 		return true
 	})
 	return list, nil
@@ -375,11 +375,11 @@ func (s *MemoryStore) earliest(h *dueHeap) (time.Time, bool) {
 // exists, has not changed since the entry was pushed, and is in a state
 // that is resent.
 func (s *MemoryStore) live(e dueEntry) bool {
-	if e.out {
-		r, ok := s.out[e.id]
+	if !e.key.incoming {
+		r, ok := s.out[e.key.id]
 		return ok && r.seq == e.seq && r.rec.State == OutPending
 	}
-	r, ok := s.in[e.in]
+	r, ok := s.in[e.key]
 	return ok && r.seq == e.seq && r.rec.State == InAcking
 }
 
@@ -387,9 +387,7 @@ func (s *MemoryStore) live(e dueEntry) bool {
 // is stale once its record changed (seq differs) and is dropped lazily.
 type dueEntry struct {
 	at  time.Time
-	out bool
-	id  MsgID
-	in  inKey
+	key recordKey
 	seq uint64
 }
 

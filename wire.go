@@ -20,7 +20,9 @@ const methodPrefix = "com_asyncFlow_"
 // NewMessage is the argument of com_asyncFlow_newMessage:
 // record { msg_id : nat; payload : blob }.
 type NewMessage struct {
-	MsgID   MsgID
+	// MsgID is the message's id.
+	MsgID MsgID
+	// Payload is the message: opaque bytes, by convention Candid.
 	Payload []byte
 }
 
@@ -29,8 +31,11 @@ type NewMessage struct {
 // Hash is the CRC-32 of the payload the receiver got; Payload is the
 // receiver's answer.
 type Ack struct {
-	MsgID   MsgID
-	Hash    Hash
+	// MsgID is the id of the message acknowledged.
+	MsgID MsgID
+	// Hash is the CRC-32 of the payload the receiver got.
+	Hash Hash
+	// Payload is the receiver's answer.
 	Payload []byte
 }
 
@@ -38,8 +43,20 @@ type Ack struct {
 // record { msg_id : nat; hash : opt nat32 }.
 // Hash is the CRC-32 of the ack payload the sender got.
 type AckAck struct {
+	// MsgID is the id of the message whose ack is confirmed.
 	MsgID MsgID
-	Hash  Hash
+	// Hash is the CRC-32 of the ack payload the sender got.
+	Hash Hash
+}
+
+// IsMethod reports whether method is the full name of one of the three
+// methods.
+func IsMethod(method string) bool {
+	switch method {
+	case MethodNewMessage, MethodAck, MethodAckAck:
+		return true
+	}
+	return false
 }
 
 // ParseMethod returns the full method name for name, which may be the full
@@ -49,8 +66,7 @@ func ParseMethod(name string) (string, error) {
 	if !strings.HasPrefix(full, methodPrefix) {
 		full = methodPrefix + name
 	}
-	switch full {
-	case MethodNewMessage, MethodAck, MethodAckAck:
+	if IsMethod(full) {
 		return full, nil
 	}
 	return "", fmt.Errorf("%w: %q", ErrUnknownMethod, name)

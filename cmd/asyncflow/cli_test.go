@@ -161,10 +161,11 @@ func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
 	dir := t.TempDir()
 	serverID, serverP := newIdentity(t, dir, "server")
 	senderID, senderP := newIdentity(t, dir, "sender")
-	serveAddr, sendAddr := freeAddr(t), freeAddr(t)
+	sendAddr := freeAddr(t)
 
 	serve := exec.CommandContext(ctx, binary, "serve", "--identity", serverID,
-		"--listen", serveAddr, "--peer", senderP+"=http://"+sendAddr, "--retry-after", "1s")
+		"--listen", "127.0.0.1:0", "--peer", senderP+"=http://"+sendAddr,
+		"--retry-after", "1s")
 	serveOut, err := serve.StdoutPipe()
 	require.NoError(t, err)
 	serveErr, err := serve.StderrPipe()
@@ -174,10 +175,11 @@ func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
 		_ = serve.Process.Signal(os.Interrupt)
 		_ = serve.Wait()
 	}()
-	waitForLine(t, serveErr, "serving "+serverP)
+	banner := waitForLine(t, serveErr, "serving "+serverP)
+	serveURL := banner[strings.LastIndex(banner, " ")+1:]
 
 	send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
-		"--listen", sendAddr, "--to", serverP, "--url", "http://"+serveAddr,
+		"--listen", sendAddr, "--to", serverP, "--url", serveURL,
 		"--payload-hex", "68656c6c6f", "--wait", "30s", "--retry-after", "1s")
 	out, err := send.Output()
 	require.NoError(t, err, "send failed: %s", exitStderr(err))
@@ -208,22 +210,24 @@ func TestSendToAnUnreachablePeerFailsWithOneLine(t *testing.T) {
 	require.Empty(t, stdout)
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	require.Len(t, lines, 2, stderr)
-	require.Contains(t, lines[0], "not accepted; retrying", "said at once, not after --wait")
+	require.Contains(t, lines[0], "send failed; it is retried", "said at once, not after --wait")
 	require.Contains(t, lines[1], "no ack")
 	require.Contains(t, lines[1], "connection refused")
 }
 
-// waitForLine reads r until a line contains want, and keeps draining r.
-func waitForLine(t *testing.T, r io.Reader, want string) {
+// waitForLine reads r until a line contains want, returns that line, and
+// keeps draining r.
+func waitForLine(t *testing.T, r io.Reader, want string) string {
 	t.Helper()
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		if strings.Contains(sc.Text(), want) {
 			go func() { _, _ = io.Copy(io.Discard, r) }()
-			return
+			return sc.Text()
 		}
 	}
 	t.Fatalf("the process ended without printing %q", want)
+	return ""
 }
 
 // readEvent reads one JSON line from r.

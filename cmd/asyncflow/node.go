@@ -63,13 +63,11 @@ type nodeConfig struct {
 
 // node is a running peer.
 type node struct {
-	id       identity.Identity
-	flow     *asyncflow.Flow
-	routes   *ic.Transport
-	server   *http.Server
-	addr     net.Addr
-	served   chan error
-	endpoint *ic.Endpoint
+	id     identity.Identity
+	flow   *asyncflow.Flow
+	server *http.Server
+	addr   net.Addr
+	served chan error
 }
 
 // loadIdentity reads a PEM identity file, naming it in any error.
@@ -112,8 +110,7 @@ func startNode(cfg nodeConfig) (*node, error) {
 		return nil, err
 	}
 
-	n := &node{id: cfg.id, flow: flow, routes: routes, addr: ln.Addr(),
-		served: make(chan error, 1), endpoint: ep}
+	n := &node{id: cfg.id, flow: flow, addr: ln.Addr(), served: make(chan error, 1)}
 	n.server = &http.Server{Handler: ep, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(cfg.log.Handler(), slog.LevelDebug)}
 	go func() { n.served <- n.server.Serve(ln) }()

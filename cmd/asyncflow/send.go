@@ -17,6 +17,22 @@ import (
 	"github.com/asyncflow/asyncflow/ic"
 )
 
+// sendJob is one run of the send command.
+type sendJob struct {
+	id      identity.Identity
+	target  principal.Principal
+	url     string
+	listen  string
+	payload []byte
+	wait    time.Duration
+	retry   time.Duration
+	ev      *events
+	log     *slog.Logger
+}
+
+// ackackWait bounds how long send waits for its ackack to be submitted.
+const ackackWait = 5 * time.Second
+
 // sendCmd sends one message, waits for its ack on --listen, prints the
 // "delivered" line, submits the ackack and exits.
 func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) error {
@@ -35,27 +51,26 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 		return err
 	}
 
-	target, err := sendTarget(*to, *url)
-	if err != nil {
+	job := sendJob{url: *url, listen: *listen, wait: *wait, retry: *retry, ev: ev,
+		log: newLogger(stderr, *verbose)}
+	var err error
+	if job.target, err = sendTarget(*to, *url); err != nil {
 		return err
 	}
 	if *listen == "" {
 		return usagef("send: --listen is required: the receiver sends its ack there, " +
 			"and needs a route to it (serve --peer <this principal>=http://<listen>)")
 	}
-	payload, err := hex.DecodeString(*payloadHex)
-	if err != nil {
+	if job.payload, err = hex.DecodeString(*payloadHex); err != nil {
 		return usagef("send: --payload-hex is not hex: %v", err)
 	}
 	if *wait <= 0 {
 		return usagef("send: --wait must be positive")
 	}
-	id, err := loadIdentity(*idPath)
-	if err != nil {
+	if job.id, err = loadIdentity(*idPath); err != nil {
 		return err
 	}
-	return sendOne(ctx, id, target, *url, *listen, payload, *wait, *retry, ev,
-		newLogger(stderr, *verbose))
+	return job.run(ctx)
 }
 
 func sendTarget(to, url string) (principal.Principal, error) {
@@ -77,13 +92,13 @@ type sendOutcome struct {
 	corrupt   *asyncflow.Corruption
 }
 
-func sendOne(ctx context.Context, id identity.Identity, target principal.Principal, url, listen string,
-	payload []byte, wait, retry time.Duration, ev *events, log *slog.Logger) error {
-	watch := &watchTransport{warn: log}
+// run starts a node, sends the message and waits for its outcome.
+func (j sendJob) run(ctx context.Context) error {
+	watch := newWatchTransport()
 	outcome := make(chan sendOutcome, 1)
 	n, err := startNode(nodeConfig{
-		id: id, listen: listen, routes: map[string]string{target.String(): url},
-		log: log, onReject: ev.rejected,
+		id: j.id, listen: j.listen, routes: map[string]string{j.target.String(): j.url},
+		log: j.log, onReject: j.ev.rejected,
 		wrap: func(t asyncflow.Transport) asyncflow.Transport {
 			watch.next = t
 			return watch
@@ -95,8 +110,8 @@ func sendOne(ctx context.Context, id identity.Identity, target principal.Princip
 			OnCorrupt: func(_ context.Context, c asyncflow.Corruption) {
 				outcome <- sendOutcome{corrupt: &c}
 			},
-			OnReject:   ev.rejected,
-			RetryAfter: retry,
+			OnReject:   j.ev.rejected,
+			RetryAfter: j.retry,
 		},
 	})
 	if err != nil {
@@ -104,58 +119,51 @@ func sendOne(ctx context.Context, id identity.Identity, target principal.Princip
 	}
 	defer n.close()
 
-	msgID, err := n.flow.CallAsync(ctx, target, payload)
+	msgID, err := n.flow.CallAsync(ctx, j.target, j.payload)
 	if err != nil {
 		return err
 	}
-	watch.expect(msgID)
-	log.Info("sent", "msg_id", msgID.String(), "to", target.String(), "ack_url", n.url())
+	j.log.Info("sent", "msg_id", msgID.String(), "to", j.target.String(), "ack_url", n.url())
 
-	timer := time.NewTimer(wait)
+	timer := time.NewTimer(j.wait)
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():
 		return fmt.Errorf("send: interrupted before message %s was acked", msgID.Decimal())
 	case <-timer.C:
 		return fmt.Errorf("send: no ack for message %s from %s within %s%s",
-			msgID.Decimal(), target, wait, watch.lastError())
+			msgID.Decimal(), j.target, j.wait, watch.lastError())
 	case o := <-outcome:
 		if o.corrupt != nil {
-			ev.corrupt(*o.corrupt)
-			watch.awaitAckAck(ctx, 5*time.Second)
+			j.ev.corrupt(*o.corrupt)
+			_ = watch.awaitAckAck(ctx, ackackWait)
 			return fmt.Errorf("send: message %s was corrupted: hash %s expected, %s reported",
 				msgID.Decimal(), o.corrupt.Expected, o.corrupt.Got)
 		}
-		ev.delivered(*o.delivered)
+		j.ev.delivered(*o.delivered)
 	}
 
-	if err := watch.awaitAckAck(ctx, 5*time.Second); err != nil {
-		log.Warn("the ackack was not submitted; the receiver will resend its ack",
+	if err := watch.awaitAckAck(ctx, ackackWait); err != nil {
+		j.log.Warn("the ackack was not submitted; the receiver will resend its ack",
 			"msg_id", msgID.String(), "err", err)
 	}
 	return nil
 }
 
 // watchTransport passes calls on and notes what the send command waits
-// for: the submission of its ackack, and the last error of a newMessage.
+// for: the submission of its ackack (send sends one message, so any
+// ackack is its), and the last error of its newMessage. The Flow itself
+// warns of the first.
 type watchTransport struct {
-	next asyncflow.Transport
-	warn *slog.Logger
+	next   asyncflow.Transport
+	ackack chan error
 
 	mu      sync.Mutex
-	id      asyncflow.MsgID
 	lastErr error
-	ackack  chan error
 }
 
-func (w *watchTransport) expect(id asyncflow.MsgID) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-
-	w.id = id
-	if w.ackack == nil {
-		w.ackack = make(chan error, 1)
-	}
+func newWatchTransport() *watchTransport {
+	return &watchTransport{ackack: make(chan error, 1)}
 }
 
 func (w *watchTransport) Route(to principal.Principal) error {
@@ -169,24 +177,17 @@ func (w *watchTransport) Send(ctx context.Context, to principal.Principal, metho
 	arg []byte) error {
 	err := w.next.Send(ctx, to, method, arg)
 
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	switch method {
 	case asyncflow.MethodNewMessage:
-		if err != nil && w.lastErr == nil && w.warn != nil {
-			w.warn.Warn("the message was not accepted; retrying until --wait runs out",
-				"to", to.String(), "err", err)
-		}
 		if err != nil {
+			w.mu.Lock()
 			w.lastErr = err
+			w.mu.Unlock()
 		}
 	case asyncflow.MethodAckAck:
-		var aa asyncflow.AckAck
-		if aa.UnmarshalCandid(arg) == nil && aa.MsgID == w.id && w.ackack != nil {
-			select {
-			case w.ackack <- err:
-			default:
-			}
+		select {
+		case w.ackack <- err:
+		default:
 		}
 	}
 	return err
@@ -204,14 +205,11 @@ func (w *watchTransport) lastError() string {
 
 // awaitAckAck waits for the ackack's submission and returns its error.
 func (w *watchTransport) awaitAckAck(ctx context.Context, limit time.Duration) error {
-	w.mu.Lock()
-	ch := w.ackack
-	w.mu.Unlock()
-
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+
 	select {
-	case err := <-ch:
+	case err := <-w.ackack:
 		return err
 	case <-ctx.Done():
 		return errors.New("the ackack was not submitted in time")

@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
 
@@ -42,7 +44,11 @@ func run() error {
 		return err
 	}
 	routes := map[string]string{}
-	if name, url, ok := strings.Cut(*peer, "="); ok {
+	if *peer != "" {
+		name, url, ok := strings.Cut(*peer, "=")
+		if !ok {
+			return fmt.Errorf("-peer %q: want PRINCIPAL=URL", *peer)
+		}
 		routes[name] = url
 	}
 	transport, err := ic.NewTransport(id, ic.TransportConfig{Routes: routes})
@@ -68,7 +74,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	server := &http.Server{Addr: *listen, Handler: endpoint}
+	server := &http.Server{Addr: *listen, Handler: endpoint,
+		ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	go func() {
@@ -77,7 +84,7 @@ func run() error {
 	}()
 
 	slog.Info("serving", "principal", id.Sender().String(), "listen", *listen)
-	if err := server.ListenAndServe(); err != http.ErrServerClosed {
+	if err := server.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
