@@ -90,7 +90,7 @@ var _ http.Handler = (*Endpoint)(nil)
 func NewEndpoint(
 	self principal.Principal, in asyncflow.Inbound, cfg EndpointConfig,
 ) (*Endpoint, error) {
-	if err := checkTarget(self); err != nil {
+	if err := asyncflow.CheckPeer(self); err != nil {
 		return nil, fmt.Errorf("ic: endpoint principal: %w", err)
 	}
 	if in == nil {
@@ -152,7 +152,7 @@ type submission struct {
 func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := &submission{w: w, r: r}
 	if err := e.accept(s); err != nil {
-		e.refuse(s, err)
+		e.answerRefusal(s, err)
 		return
 	}
 	e.log.DebugContext(r.Context(), "ic: call accepted",
@@ -342,8 +342,7 @@ func (e *Endpoint) checkCanisterID(s *submission) error {
 
 // checkMethod accepts the three asyncflow methods only.
 func (e *Endpoint) checkMethod(s *submission) error {
-	switch s.c.method {
-	case asyncflow.MethodNewMessage, asyncflow.MethodAck, asyncflow.MethodAckAck:
+	if asyncflow.IsMethod(s.c.method) {
 		return nil
 	}
 	return refuse(http.StatusBadRequest, "method %s is not an asyncflow method",
@@ -383,8 +382,9 @@ func inboundRefusal(status int, reason string) *refusal {
 	return &refusal{status: status, reason: reason, inbound: true}
 }
 
-// refuse answers a refused submission, reports and logs it.
-func (e *Endpoint) refuse(s *submission, err error) {
+// answerRefusal answers a refused submission, and reports and logs it
+// unless the Inbound refused it and so reported it already.
+func (e *Endpoint) answerRefusal(s *submission, err error) {
 	status := http.StatusBadRequest
 	var ref *refusal
 	if errors.As(err, &ref) {
@@ -401,6 +401,7 @@ func (e *Endpoint) refuse(s *submission, err error) {
 		rejection.From = s.c.sender
 	}
 
+	inbound := ref != nil && ref.inbound
 	level := slog.LevelDebug
 	attrs := []slog.Attr{
 		slog.Int("status", status),
@@ -408,13 +409,15 @@ func (e *Endpoint) refuse(s *submission, err error) {
 		slog.String("remote", s.r.RemoteAddr),
 	}
 	if s.verified {
-		level = slog.LevelInfo
+		if !inbound {
+			level = slog.LevelInfo
+		}
 		attrs = append(attrs, slog.String("from", s.c.sender.Encode()),
 			slog.String("method", rejection.Method))
 	}
 	e.log.LogAttrs(s.r.Context(), level, "ic: call refused", attrs...)
 
-	if e.cfg.OnReject != nil && (ref == nil || !ref.inbound) {
+	if e.cfg.OnReject != nil && !inbound {
 		e.cfg.OnReject(rejection)
 	}
 

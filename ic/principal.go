@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/aviate-labs/agent-go/principal"
+
+	"github.com/asyncflow/asyncflow"
 )
 
 // ParsePrincipal reads a principal's textual form strictly: it must be
@@ -16,25 +18,28 @@ import (
 // error. Errors name the text, never the bytes it decoded to.
 func ParsePrincipal(text string) (principal.Principal, error) {
 	if text == "" {
-		return principal.Principal{}, fmt.Errorf("principal text is empty")
+		return principal.Principal{}, fmt.Errorf("%w: the text is empty",
+			asyncflow.ErrInvalidPrincipal)
 	}
 	quoted := quoteShort(text)
 	if len(text) > 63 {
-		return principal.Principal{}, fmt.Errorf("%s is too long for a principal", quoted)
+		return principal.Principal{}, fmt.Errorf("%w: %s is too long",
+			asyncflow.ErrInvalidPrincipal, quoted)
 	}
 	raw := strings.ToUpper(strings.ReplaceAll(text, "-", ""))
 	if _, err := base32.StdEncoding.WithPadding(base32.NoPadding).DecodeString(raw); err != nil {
-		return principal.Principal{}, fmt.Errorf("%s is not a principal: not base32", quoted)
+		return principal.Principal{}, fmt.Errorf("%w: %s is not base32",
+			asyncflow.ErrInvalidPrincipal, quoted)
 	}
 
 	p, err := principal.Decode(text)
 	if err != nil || len(p.Raw) > maxPrincipalSize {
-		return principal.Principal{}, fmt.Errorf("%s is not a principal: bad length or checksum",
-			quoted)
+		return principal.Principal{}, fmt.Errorf("%w: %s has a bad length or checksum",
+			asyncflow.ErrInvalidPrincipal, quoted)
 	}
 	if p.Encode() != text {
-		return principal.Principal{}, fmt.Errorf("%s is not a principal's exact text; "+
-			"did you mean %s?", quoted, p.Encode())
+		return principal.Principal{}, fmt.Errorf("%w: %s is not a principal's exact text; "+
+			"did you mean %s?", asyncflow.ErrInvalidPrincipal, quoted, p.Encode())
 	}
 	return p, nil
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/aviate-labs/agent-go/principal"
 	"github.com/stretchr/testify/require"
+
+	"github.com/asyncflow/asyncflow"
 )
 
 func TestParsePrincipalAcceptsExactTextOnly(t *testing.T) {
@@ -39,7 +41,7 @@ func TestParsePrincipalAcceptsExactTextOnly(t *testing.T) {
 	}
 	for name, in := range cases {
 		_, err := ParsePrincipal(in)
-		require.Error(t, err, name)
+		require.ErrorIs(t, err, asyncflow.ErrInvalidPrincipal, name)
 		require.True(t, isPrintable(err.Error()), "%s: %q", name, err.Error())
 	}
 }

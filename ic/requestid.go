@@ -12,9 +12,10 @@ import (
 // by its type, the pairs (hash of key, hash of value) are sorted and the
 // hash of their concatenation is the id.
 //
-// It hashes the map exactly as it was received, unknown fields included,
-// so a field a sender added and signed cannot be dropped or altered by
-// anyone in between without the signature failing.
+// It hashes the map exactly as it was received. The endpoint admits only
+// the fields of a call; the other value types the specification defines
+// (arrays, maps, signed integers) are hashed too, so that the function
+// stays the specification's and is checked against agent-go as such.
 func requestID(content map[string]any) ([32]byte, error) {
 	return hashMap(content)
 }

@@ -1,6 +1,7 @@
 package ic
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -82,7 +83,7 @@ func NewTransport(id identity.Identity, cfg TransportConfig) (*Transport, error)
 	t := &Transport{
 		id:      id,
 		sender:  id.Sender(),
-		expiry:  cmpOr(cfg.IngressExpiry, DefaultIngressExpiry),
+		expiry:  cmp.Or(cfg.IngressExpiry, DefaultIngressExpiry),
 		log:     cfg.Logger,
 		routes:  make(map[string]*url.URL, len(cfg.Routes)),
 		clients: make(map[string]agent.Client),
@@ -102,7 +103,7 @@ func NewTransport(id identity.Identity, cfg TransportConfig) (*Transport, error)
 	for text, rawURL := range cfg.Routes {
 		p, err := ParsePrincipal(text)
 		if err != nil {
-			return nil, fmt.Errorf("ic: route: %v: %w", err, asyncflow.ErrInvalidConfig)
+			return nil, fmt.Errorf("ic: route: %w: %w", err, asyncflow.ErrInvalidConfig)
 		}
 		if err := t.AddRoute(p, rawURL); err != nil {
 			return nil, err
@@ -111,18 +112,10 @@ func NewTransport(id identity.Identity, cfg TransportConfig) (*Transport, error)
 	return t, nil
 }
 
-// cmpOr returns v, or def when v is zero.
-func cmpOr(v, def time.Duration) time.Duration {
-	if v == 0 {
-		return def
-	}
-	return v
-}
-
 // AddRoute sends calls to p to the base URL rawURL from now on, replacing
 // any earlier route of p. It is safe for concurrent use with Send.
 func (t *Transport) AddRoute(p principal.Principal, rawURL string) error {
-	if err := checkTarget(p); err != nil {
+	if err := asyncflow.CheckPeer(p); err != nil {
 		return fmt.Errorf("ic: route principal: %w", err)
 	}
 	u, err := parseBaseURL(rawURL)
@@ -301,18 +294,4 @@ func parseBaseURL(raw string) (*url.URL, error) {
 			raw, asyncflow.ErrInvalidConfig)
 	}
 	return u, nil
-}
-
-// checkTarget refuses a principal that cannot send or receive calls here.
-func checkTarget(p principal.Principal) error {
-	switch {
-	case len(p.Raw) == 0:
-		return fmt.Errorf("empty principal: %w", asyncflow.ErrInvalidPrincipal)
-	case p.IsAnonymous():
-		return fmt.Errorf("anonymous principal: %w", asyncflow.ErrInvalidPrincipal)
-	case len(p.Raw) > maxPrincipalSize:
-		return fmt.Errorf("principal of %d bytes is longer than %d: %w",
-			len(p.Raw), maxPrincipalSize, asyncflow.ErrInvalidPrincipal)
-	}
-	return nil
 }

@@ -199,7 +199,7 @@ func TestNewTransportRefusesInvalidConfig(t *testing.T) {
 		"route principal": {
 			id:   id,
 			cfg:  TransportConfig{Routes: map[string]string{"not-a-principal": "http://x"}},
-			want: `"not-a-principal" is not a principal`,
+			want: `"not-a-principal" has a bad length or checksum`,
 		},
 		"route url": {
 			id:   id,
