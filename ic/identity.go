@@ -12,7 +12,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"syscall"
 
 	"github.com/aviate-labs/agent-go/identity"
 	aviatesecp "github.com/aviate-labs/secp256k1"
@@ -36,18 +38,29 @@ const maxIdentityFile = 64 << 10
 // key stored beside the private key must match it. Errors name the file
 // and the problem in one line.
 func LoadIdentity(path string) (identity.Identity, error) {
-	info, err := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("ic: identity: %w", err)
 	}
-	if info.Size() > maxIdentityFile {
+	defer f.Close()
+
+	info, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("ic: identity: %w", err)
+	case !info.Mode().IsRegular():
+		return nil, fmt.Errorf("ic: identity %s: not a regular file", path)
+	case info.Size() > maxIdentityFile:
 		return nil, fmt.Errorf("ic: identity %s: file of %d bytes is too large for a key",
 			path, info.Size())
 	}
 
-	data, err := os.ReadFile(path)
+	data, err := io.ReadAll(io.LimitReader(f, maxIdentityFile+1))
 	if err != nil {
 		return nil, fmt.Errorf("ic: identity: %w", err)
+	}
+	if len(data) > maxIdentityFile {
+		return nil, fmt.Errorf("ic: identity %s: file grew too large for a key", path)
 	}
 	id, err := ParseIdentityPEM(data)
 	if err != nil {

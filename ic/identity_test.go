@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/aviate-labs/agent-go/identity"
@@ -249,4 +250,17 @@ func TestLoadedIdentityIsUsableByAgentGo(t *testing.T) {
 
 	require.NoError(t, err)
 	require.Equal(t, id.Sender(), back.Sender())
+}
+
+func TestLoadIdentityRefusesWhatIsNotARegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.pem")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	zero := filepath.Join(dir, "zero.pem")
+	require.NoError(t, os.Symlink("/dev/zero", zero))
+
+	for _, path := range []string{fifo, zero, dir} {
+		_, err := LoadIdentity(path)
+		require.ErrorContains(t, err, "not a regular file", path)
+	}
 }

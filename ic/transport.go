@@ -200,6 +200,9 @@ func (t *Transport) client(base *url.URL) agent.Client {
 	if c, ok := t.clients[key]; ok {
 		return c
 	}
+	// agent-go's client takes no http.RoundTripper and uses
+	// http.DefaultTransport, so a submission over a kept-alive connection
+	// that the peer has closed fails, and waits for the protocol's retry.
 	c = agent.NewClient(agent.ClientConfig{Host: base})
 	t.clients[key] = c
 	return c

@@ -47,7 +47,7 @@ func candidDecode(args []string, ev *events, stderr io.Writer) error {
 	}
 	arg, err := hex.DecodeString(strings.TrimSpace(fs.Arg(0)))
 	if err != nil {
-		return fmt.Errorf("candid decode: the argument is not hex: %v", err)
+		return usagef("candid decode: the argument is not hex: %v", err)
 	}
 
 	v, err := decodeArg(full, arg)
@@ -103,7 +103,7 @@ func candidEncode(args []string, ev *events, stderr io.Writer) error {
 	}
 	id, err := asyncflow.ParseMsgID(*msgID)
 	if err != nil {
-		return fmt.Errorf("candid encode: --msg-id: %w", err)
+		return usagef("candid encode: --msg-id: %v", oneLine(err))
 	}
 	h, err := parseHash(*hash)
 	if err != nil {
@@ -111,7 +111,7 @@ func candidEncode(args []string, ev *events, stderr io.Writer) error {
 	}
 	payload, err := hex.DecodeString(*payloadHex)
 	if err != nil {
-		return fmt.Errorf("candid encode: --payload-hex is not hex: %v", err)
+		return usagef("candid encode: --payload-hex is not hex: %v", err)
 	}
 	if err := checkFlagsFit(fs, full); err != nil {
 		return err

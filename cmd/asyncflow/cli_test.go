@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net"
@@ -245,4 +247,102 @@ func exitStderr(err error) string {
 		return string(ee.Stderr)
 	}
 	return ""
+}
+
+func TestMistakesInFlagsExitWithTwo(t *testing.T) {
+	dir := t.TempDir()
+	idPath, p := newIdentity(t, dir, "someone")
+	peer := p + "=http://127.0.0.1:1"
+
+	cases := [][]string{
+		{"serve", "--identity", idPath, "--listen", ""},
+		{"serve", "--identity", idPath, "--retry-after", "1ms"},
+		{"serve", "--identity", idPath, "--peer", peer, "--peer", peer},
+		{"serve", "--identity", idPath, "--peer", p + "=http://h/?q=1"},
+		{"send", "--identity", idPath, "--to", p, "--url", "http://h:1", "--listen", ":0",
+			"--retry-after", "-5s"},
+		{"send", "--identity", idPath, "--to", p, "--url", "http://h:1", "--listen", ":0",
+			"--payload-hex", "00", "--payload-file", "-"},
+		{"demo", "--corrupt", "1"},
+		{"demo", "--retry-after", "1ms"},
+		{"candid", "encode", "--method", "ack", "--msg-id", "-1"},
+	}
+	for _, args := range cases {
+		code, stdout, stderr := runCLI(t, args...)
+		require.Equal(t, 2, code, "%v: %s", args, stderr)
+		require.Empty(t, stdout)
+		require.Equal(t, 1, strings.Count(stderr, "\n"), "%v: one line: %q", args, stderr)
+	}
+}
+
+// startServe runs serve as a process on a port it picks and returns its
+// URL and its stdout.
+func startServe(ctx context.Context, t *testing.T, args ...string) (string, io.Reader) {
+	t.Helper()
+	serve := exec.CommandContext(ctx, binary, append([]string{"serve", "--listen",
+		"127.0.0.1:0", "--retry-after", "1s"}, args...)...)
+	out, err := serve.StdoutPipe()
+	require.NoError(t, err)
+	errOut, err := serve.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, serve.Start())
+	t.Cleanup(func() {
+		_ = serve.Process.Signal(os.Interrupt)
+		_ = serve.Wait()
+	})
+
+	banner := waitForLine(t, errOut, "serving ")
+	return banner[strings.LastIndex(banner, " ")+1:], out
+}
+
+func TestSendReadsThePayloadFromAFileOrStandardInput(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	serverID, serverP := newIdentity(t, dir, "server")
+	senderID, senderP := newIdentity(t, dir, "sender")
+	sendAddr := freeAddr(t)
+	serveURL, _ := startServe(ctx, t, "--identity", serverID,
+		"--peer", senderP+"=http://"+sendAddr)
+	payload := make([]byte, 300<<10) // more than a command line can hold as hex
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	file := filepath.Join(dir, "payload.bin")
+	require.NoError(t, os.WriteFile(file, payload, 0o600))
+
+	for _, source := range []string{file, "-"} {
+		send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
+			"--listen", sendAddr, "--to", serverP, "--url", serveURL,
+			"--payload-file", source, "--retry-after", "1s")
+		send.Stdin = bytes.NewReader(payload)
+		out, err := send.Output()
+		require.NoError(t, err, "%s: %s", source, exitStderr(err))
+
+		var delivered map[string]any
+		require.NoError(t, json.Unmarshal(out, &delivered))
+		require.Equal(t, hex.EncodeToString(payload), delivered["received"], source)
+	}
+}
+
+func TestSendStopsAtARefusalThatARetryCannotChange(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	serverID, serverP := newIdentity(t, dir, "server")
+	senderID, _ := newIdentity(t, dir, "sender")
+	serveURL, _ := startServe(ctx, t, "--identity", serverID) // no route back
+
+	send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
+		"--listen", freeAddr(t), "--to", serverP, "--url", serveURL,
+		"--payload-hex", "00", "--wait", "50s")
+	var errOut bytes.Buffer
+	send.Stderr = &errOut
+	err := send.Run()
+
+	require.Error(t, err)
+	stderr := errOut.String()
+	require.Contains(t, stderr, "would refuse it again")
+	require.Contains(t, stderr, "no route back to the caller")
+	require.NotContains(t, stderr, "no ack", "it did not wait for --wait")
 }

@@ -104,12 +104,15 @@ func (o demoOptions) check() error {
 	switch {
 	case o.rates.drop == 1:
 		return usagef("demo: --drop 1 drops every request, so nothing can arrive")
+	case o.rates.corrupt == 1:
+		return usagef("demo: --corrupt 1 corrupts every request, so nothing can arrive")
 	case o.messages < 1:
 		return usagef("demo: --messages %d: send at least 1", o.messages)
 	case o.window < 1:
 		return usagef("demo: --window %d: allow at least 1", o.window)
-	case o.retryAfter <= 0:
-		return usagef("demo: --retry-after %s must be positive", o.retryAfter)
+	case o.retryAfter < asyncflow.MinRetryAfter:
+		return usagef("demo: --retry-after %s is below the minimum %s", o.retryAfter,
+			asyncflow.MinRetryAfter)
 	case o.timeout <= 0:
 		return usagef("demo: --timeout %s must be positive", o.timeout)
 	}

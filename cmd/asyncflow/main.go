@@ -42,6 +42,11 @@ func usagef(format string, args ...any) error {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first signal, a second one ends the process at once.
+		<-ctx.Done()
+		stop()
+	}()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -54,10 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
-	// The library's errors name their package; the command says it once.
-	msg := strings.ReplaceAll(err.Error(), "asyncflow: ", "")
-	msg = strings.ReplaceAll(msg, "\n", " ")
-	fmt.Fprintln(stderr, "asyncflow:", msg)
+	fmt.Fprintln(stderr, "asyncflow:", oneLine(err))
 	if _, ok := errors.AsType[*usageError](err); ok {
 		return 2
 	}
@@ -117,6 +119,17 @@ func parse(fs *flag.FlagSet, args []string, want int) error {
 		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(want))
 	}
 	return nil
+}
+
+// oneLine renders err on one line. The library's errors name their
+// package at each level of wrapping; the command names itself once.
+func oneLine(err error) string {
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	for _, pkg := range []string{"asyncflow: ", "ic: "} {
+		msg = strings.TrimPrefix(msg, pkg)
+		msg = strings.ReplaceAll(msg, ": "+pkg, ": ")
+	}
+	return msg
 }
 
 // newLogger returns the logger for stderr at the chosen level.

@@ -27,6 +27,9 @@ func (p peerFlags) Set(v string) error {
 	if !ok || name == "" || url == "" {
 		return fmt.Errorf("want PRINCIPAL=URL, got %q", v)
 	}
+	if _, dup := p[name]; dup {
+		return fmt.Errorf("%s has a route already", name)
+	}
 	if _, err := ic.ParsePrincipal(name); err != nil {
 		return err
 	}
@@ -37,14 +40,40 @@ func (p peerFlags) Set(v string) error {
 	return nil
 }
 
-// checkURL accepts the base URL of an endpoint: http or https, with a
-// host.
+// checkURL accepts the base URL of an endpoint: http or https, a host,
+// and neither query nor fragment.
 func checkURL(raw string) error {
 	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("%q is not an endpoint URL such as http://127.0.0.1:8080", raw)
 	}
 	return nil
+}
+
+// checkRetryAfter refuses a retry delay the Flow would refuse.
+func checkRetryAfter(cmd string, d time.Duration) error {
+	if d < asyncflow.MinRetryAfter {
+		return usagef("%s: --retry-after %s is below the minimum %s", cmd, d,
+			asyncflow.MinRetryAfter)
+	}
+	return nil
+}
+
+// checkListen refuses an empty address, which would listen on every
+// interface without saying so.
+func checkListen(cmd, addr string) error {
+	if addr == "" {
+		return usagef("%s: --listen needs an address such as 127.0.0.1:8080", cmd)
+	}
+	return nil
+}
+
+// sendTimeout bounds one submission: no longer than the retry delay, so
+// that a peer that accepts connections and never answers does not hold
+// the only attempt for longer than a retry would take.
+func sendTimeout(retry time.Duration) time.Duration {
+	return min(30*time.Second, retry)
 }
 
 // nodeConfig describes one peer: an identity, an endpoint on a listening
@@ -112,6 +141,8 @@ func startNode(cfg nodeConfig) (*node, error) {
 
 	n := &node{id: cfg.id, flow: flow, addr: ln.Addr(), served: make(chan error, 1)}
 	n.server = &http.Server{Handler: ep, ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
 		ErrorLog: slog.NewLogLogger(cfg.log.Handler(), slog.LevelDebug)}
 	go func() { n.served <- n.server.Serve(ln) }()
 	return n, nil

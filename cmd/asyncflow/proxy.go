@@ -157,12 +157,12 @@ func (p *faultyProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer p.handlers.Done()
 
-	p.counts.requests.Add(1)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, ic.DefaultMaxBodyBytes))
 	if err != nil {
 		http.Error(w, "proxy: body unreadable or too large", http.StatusRequestEntityTooLarge)
 		return
 	}
+	p.counts.requests.Add(1)
 
 	f := p.roll(len(body))
 	if f.drop {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -43,6 +45,8 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 	to := fs.String("to", "", "principal of the receiver (required)")
 	url := fs.String("url", "", "base URL of the receiver's endpoint (required)")
 	payloadHex := fs.String("payload-hex", "", "payload as hex")
+	payloadFile := fs.String("payload-file", "",
+		"file holding the payload bytes, - for standard input (instead of --payload-hex)")
 	wait := fs.Duration("wait", 30*time.Second, "give up when no ack arrived by then")
 	retry := fs.Duration("retry-after", 5*time.Second,
 		"resend the message when no ack arrived after this long")
@@ -61,16 +65,53 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 		return usagef("send: --listen is required: the receiver sends its ack there, " +
 			"and needs a route to it (serve --peer <this principal>=http://<listen>)")
 	}
-	if job.payload, err = hex.DecodeString(*payloadHex); err != nil {
-		return usagef("send: --payload-hex is not hex: %v", err)
+	if job.payload, err = readPayload(*payloadHex, *payloadFile); err != nil {
+		return err
 	}
 	if *wait <= 0 {
 		return usagef("send: --wait must be positive")
+	}
+	if err := checkRetryAfter("send", *retry); err != nil {
+		return err
 	}
 	if job.id, err = loadIdentity(*idPath); err != nil {
 		return err
 	}
 	return job.run(ctx)
+}
+
+// readPayload reads the payload from --payload-hex or --payload-file: a
+// command line holds at most some 100 KiB, a payload up to 2 MiB.
+func readPayload(hexText, file string) ([]byte, error) {
+	switch {
+	case hexText != "" && file != "":
+		return nil, usagef("send: give --payload-hex or --payload-file, not both")
+	case file == "":
+		p, err := hex.DecodeString(hexText)
+		if err != nil {
+			return nil, usagef("send: --payload-hex is not hex: %v", err)
+		}
+		return p, nil
+	}
+
+	r := io.Reader(os.Stdin)
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("send: --payload-file: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	p, err := io.ReadAll(io.LimitReader(r, asyncflow.DefaultMaxPayload+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("send: --payload-file: %w", err)
+	case len(p) > asyncflow.DefaultMaxPayload:
+		return nil, usagef("send: --payload-file holds more than %d bytes",
+			asyncflow.DefaultMaxPayload)
+	}
+	return p, nil
 }
 
 func sendTarget(to, url string) (principal.Principal, error) {
@@ -110,8 +151,9 @@ func (j sendJob) run(ctx context.Context) error {
 			OnCorrupt: func(_ context.Context, c asyncflow.Corruption) {
 				outcome <- sendOutcome{corrupt: &c}
 			},
-			OnReject:   j.ev.rejected,
-			RetryAfter: j.retry,
+			OnReject:    j.ev.rejected,
+			RetryAfter:  j.retry,
+			SendTimeout: sendTimeout(j.retry),
 		},
 	})
 	if err != nil {
@@ -133,6 +175,9 @@ func (j sendJob) run(ctx context.Context) error {
 	case <-timer.C:
 		return fmt.Errorf("send: no ack for message %s from %s within %s%s",
 			msgID.Decimal(), j.target, j.wait, watch.lastError())
+	case err := <-watch.refused:
+		return fmt.Errorf("send: %s refused message %s, and would refuse it again: %s",
+			j.target, msgID.Decimal(), err.Reason)
 	case o := <-outcome:
 		if o.corrupt != nil {
 			j.ev.corrupt(*o.corrupt)
@@ -152,18 +197,21 @@ func (j sendJob) run(ctx context.Context) error {
 
 // watchTransport passes calls on and notes what the send command waits
 // for: the submission of its ackack (send sends one message, so any
-// ackack is its), and the last error of its newMessage. The Flow itself
-// warns of the first.
+// ackack is its), a refusal of its newMessage that a retry cannot change,
+// and the last error of its newMessage. The Flow itself warns of the
+// first.
 type watchTransport struct {
-	next   asyncflow.Transport
-	ackack chan error
+	next    asyncflow.Transport
+	ackack  chan error
+	refused chan *ic.RefusedError
 
 	mu      sync.Mutex
 	lastErr error
 }
 
 func newWatchTransport() *watchTransport {
-	return &watchTransport{ackack: make(chan error, 1)}
+	return &watchTransport{ackack: make(chan error, 1),
+		refused: make(chan *ic.RefusedError, 1)}
 }
 
 func (w *watchTransport) Route(to principal.Principal) error {
@@ -184,6 +232,12 @@ func (w *watchTransport) Send(ctx context.Context, to principal.Principal, metho
 			w.lastErr = err
 			w.mu.Unlock()
 		}
+		if r, ok := errors.AsType[*ic.RefusedError](err); ok && permanent(r.Status) {
+			select {
+			case w.refused <- r:
+			default:
+			}
+		}
 	case asyncflow.MethodAckAck:
 		select {
 		case w.ackack <- err:
@@ -191,6 +245,13 @@ func (w *watchTransport) Send(ctx context.Context, to principal.Principal, metho
 		}
 	}
 	return err
+}
+
+// permanent reports whether an HTTP status refuses a call for good: a
+// client error other than a timeout or a rate limit.
+func permanent(status int) bool {
+	return status >= 400 && status < 500 &&
+		status != http.StatusRequestTimeout && status != http.StatusTooManyRequests
 }
 
 func (w *watchTransport) lastError() string {

@@ -24,6 +24,12 @@ func serveCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) 
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
+	if err := checkListen("serve", *listen); err != nil {
+		return err
+	}
+	if err := checkRetryAfter("serve", *retry); err != nil {
+		return err
+	}
 
 	id, err := loadIdentity(*idPath)
 	if err != nil {
@@ -39,6 +45,7 @@ func serveCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) 
 			OnProcessed: ev.processed,
 			OnReject:    ev.rejected,
 			RetryAfter:  *retry,
+			SendTimeout: sendTimeout(*retry),
 		},
 	})
 	if err != nil {
