@@ -164,21 +164,8 @@ func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
 	serverID, serverP := newIdentity(t, dir, "server")
 	senderID, senderP := newIdentity(t, dir, "sender")
 	sendAddr := freeAddr(t)
-
-	serve := exec.CommandContext(ctx, binary, "serve", "--identity", serverID,
-		"--listen", "127.0.0.1:0", "--peer", senderP+"=http://"+sendAddr,
-		"--retry-after", "1s")
-	serveOut, err := serve.StdoutPipe()
-	require.NoError(t, err)
-	serveErr, err := serve.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, serve.Start())
-	defer func() {
-		_ = serve.Process.Signal(os.Interrupt)
-		_ = serve.Wait()
-	}()
-	banner := waitForLine(t, serveErr, "serving "+serverP)
-	serveURL := banner[strings.LastIndex(banner, " ")+1:]
+	serveURL, serveOut := startServe(ctx, t, "--identity", serverID,
+		"--peer", senderP+"=http://"+sendAddr)
 
 	send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
 		"--listen", sendAddr, "--to", serverP, "--url", serveURL,
