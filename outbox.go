@@ -115,10 +115,22 @@ func (q *sendQueue) pop() (c outCall, ok bool) {
 	c = q.calls[q.head]
 	q.calls[q.head] = outCall{}
 	q.head++
-	if q.head == len(q.calls) {
-		q.calls, q.head = q.calls[:0], 0
-	}
+	q.compact()
 	return c, true
+}
+
+// compact moves the waiting calls to the front of the slice once the
+// taken ones fill half of it, so that a queue that never quite drains
+// does not grow its backing array forever.
+func (q *sendQueue) compact() {
+	switch {
+	case q.head == len(q.calls):
+		q.calls, q.head = q.calls[:0], 0
+	case q.head >= 64 && 2*q.head >= len(q.calls):
+		n := copy(q.calls, q.calls[q.head:])
+		clear(q.calls[n:])
+		q.calls, q.head = q.calls[:n], 0
+	}
 }
 
 // close wakes every waiting worker and drops the calls still queued: they
