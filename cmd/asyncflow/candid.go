@@ -16,6 +16,11 @@ func candidCmd(args []string, ev *events, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usagef("candid: say encode or decode")
 	}
+	if isHelp(args[0]) {
+		fmt.Fprintln(stderr, "usage: asyncflow candid encode|decode [flags]; "+
+			"asyncflow candid encode -h for the flags")
+		return flag.ErrHelp
+	}
 	switch args[0] {
 	case "encode":
 		return candidEncode(args[1:], ev, stderr)

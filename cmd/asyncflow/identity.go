@@ -1,6 +1,8 @@
 package main
 
 import (
+	"flag"
+	"fmt"
 	"io"
 
 	"github.com/asyncflow/asyncflow/ic"
@@ -8,6 +10,10 @@ import (
 
 // identityCmd runs "asyncflow identity new --out FILE".
 func identityCmd(args []string, stderr io.Writer, ev *events) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprintln(stderr, "usage: asyncflow identity new --out FILE")
+		return flag.ErrHelp
+	}
 	if len(args) == 0 || args[0] != "new" {
 		return usagef("identity: the only subcommand is \"new\"")
 	}

@@ -132,11 +132,16 @@ func oneLine(err error) string {
 	return msg
 }
 
-// newLogger returns the logger for stderr at the chosen level.
-func newLogger(stderr io.Writer, verbose bool) *slog.Logger {
-	level := slog.LevelWarn
+// newLogger returns the logger for stderr: debug detail when verbose,
+// else from level up.
+func newLogger(stderr io.Writer, verbose bool, level slog.Level) *slog.Logger {
 	if verbose {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// isHelp reports whether arg asks for help.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
 }

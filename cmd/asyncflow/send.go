@@ -56,7 +56,7 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 	}
 
 	job := sendJob{url: *url, listen: *listen, wait: *wait, retry: *retry, ev: ev,
-		log: newLogger(stderr, *verbose)}
+		log: newLogger(stderr, *verbose, slog.LevelWarn)}
 	var err error
 	if job.target, err = sendTarget(*to, *url); err != nil {
 		return err

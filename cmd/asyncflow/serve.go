@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 
 	"github.com/aviate-labs/agent-go/principal"
 
@@ -35,7 +36,7 @@ func serveCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, *verbose)
+	log := newLogger(stderr, *verbose, slog.LevelWarn)
 	n, err := startNode(nodeConfig{
 		id: id, listen: *listen, routes: peers, log: log, onReject: ev.rejected,
 		flow: asyncflow.Config{
@@ -55,6 +56,7 @@ func serveCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) 
 
 	select {
 	case <-ctx.Done():
+		fmt.Fprintln(stderr, "asyncflow: stopping")
 	case err := <-n.served:
 		n.served <- err
 	}
