@@ -58,9 +58,6 @@ type algorithmIdentifier struct {
 // publicKey is a parsed sender public key that can check signatures.
 type publicKey struct {
 	alg keyAlgorithm
-	// point is the raw key: 32 bytes for Ed25519, an uncompressed point
-	// (0x04 || x || y) for ECDSA.
-	point []byte
 
 	ed25519   ed25519.PublicKey
 	p256      *ecdsa.PublicKey
@@ -135,7 +132,7 @@ func curveOf(params asn1.RawValue) (keyAlgorithm, error) {
 
 // newPublicKey checks the raw key bytes of alg and prepares a verifier.
 func newPublicKey(alg keyAlgorithm, raw []byte) (*publicKey, error) {
-	key := &publicKey{alg: alg, point: raw}
+	key := &publicKey{alg: alg}
 	switch alg {
 	case algEd25519:
 		if len(raw) != ed25519.PublicKeySize {
