@@ -234,9 +234,13 @@ func parseSEC1(params *pem.Block, der []byte) (identity.Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(key.PrivateKey) != 32 {
-		return nil, fmt.Errorf("%s private key has %d bytes, want 32", curve, len(key.PrivateKey))
+	// SEC 1 writes the scalar in 32 bytes; agent-go drops its leading
+	// zero bytes, so a shorter one is padded back.
+	if len(key.PrivateKey) == 0 || len(key.PrivateKey) > 32 {
+		return nil, fmt.Errorf("%s private key has %d bytes, want 32", curve,
+			len(key.PrivateKey))
 	}
+	key.PrivateKey = append(make([]byte, 32-len(key.PrivateKey)), key.PrivateKey...)
 
 	switch curve {
 	case algSecp256k1:

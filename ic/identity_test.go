@@ -1,6 +1,7 @@
 package ic
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
+	aviatesecp "github.com/aviate-labs/secp256k1"
 	"github.com/stretchr/testify/require"
 )
 
@@ -263,4 +265,21 @@ func TestLoadIdentityRefusesWhatIsNotARegularFile(t *testing.T) {
 		_, err := LoadIdentity(path)
 		require.ErrorContains(t, err, "not a regular file", path)
 	}
+}
+
+// agent-go writes a secp256k1 scalar without its leading zero bytes, so one
+// key in 256 has a 31-byte scalar in its PEM file.
+func TestParseIdentityReadsAScalarWithoutItsLeadingZeros(t *testing.T) {
+	scalar := append([]byte{0}, bytes.Repeat([]byte{0x11}, 31)...)
+	priv, _ := aviatesecp.PrivKeyFromBytes(aviatesecp.S256(), scalar)
+	id, err := identity.NewSecp256k1Identity(priv)
+	require.NoError(t, err)
+	data, err := id.ToPEM()
+	require.NoError(t, err)
+
+	loaded, err := ParseIdentityPEM(data)
+	require.NoError(t, err)
+	require.Equal(t, id.Sender(), loaded.Sender())
+	msg := []byte("signed by the loaded key")
+	require.True(t, id.Verify(msg, loaded.Sign(msg)))
 }

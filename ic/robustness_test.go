@@ -11,6 +11,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -71,17 +72,22 @@ func TestEndpointWorkOnAnUnauthenticatedBodyIsBoundedByItsSize(t *testing.T) {
 			require.NoError(t, err)
 			body := unauthenticatedBomb(t, h.self, field)
 
-			var before, after runtime.MemStats
-			runtime.GC()
-			runtime.ReadMemStats(&before)
-			w := httptest.NewRecorder()
-			endpoint.ServeHTTP(w, httptest.NewRequest(http.MethodPost, callPath(h.self),
-				bytes.NewReader(body)))
-			runtime.ReadMemStats(&after)
+			// TotalAlloc counts every goroutine's allocations, so the
+			// least of three measurements is the request's own.
+			allocated := uint64(math.MaxUint64)
+			for range 3 {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				w := httptest.NewRecorder()
+				endpoint.ServeHTTP(w, httptest.NewRequest(http.MethodPost, callPath(h.self),
+					bytes.NewReader(body)))
+				runtime.ReadMemStats(&after)
 
-			require.Equal(t, http.StatusBadRequest, w.Code, w.Body.String())
-			require.Contains(t, w.Body.String(), "content field")
-			allocated := after.TotalAlloc - before.TotalAlloc
+				require.Equal(t, http.StatusBadRequest, w.Code, w.Body.String())
+				require.Contains(t, w.Body.String(), "content field")
+				allocated = min(allocated, after.TotalAlloc-before.TotalAlloc)
+			}
 			require.Less(t, allocated, uint64(8*len(body)),
 				"a refused %d-byte body allocated %d MB", len(body), allocated>>20)
 		})
