@@ -157,18 +157,36 @@ func freeAddr(t *testing.T) string {
 	return addr
 }
 
+// pair is a serve process and the identity and address of a sender that
+// it routes its acks to.
+type pair struct {
+	dir               string
+	serverP, serveURL string
+	serveOut          io.Reader
+	senderID, senderP string
+	sendAddr          string
+}
+
+// startPair makes two identities and starts serve with a route back to
+// the sender's address.
+func startPair(ctx context.Context, t *testing.T) pair {
+	t.Helper()
+	p := pair{dir: t.TempDir(), sendAddr: freeAddr(t)}
+	var serverID string
+	serverID, p.serverP = newIdentity(t, p.dir, "server")
+	p.senderID, p.senderP = newIdentity(t, p.dir, "sender")
+	p.serveURL, p.serveOut = startServe(ctx, t, "--identity", serverID,
+		"--peer", p.senderP+"=http://"+p.sendAddr)
+	return p
+}
+
 func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	dir := t.TempDir()
-	serverID, serverP := newIdentity(t, dir, "server")
-	senderID, senderP := newIdentity(t, dir, "sender")
-	sendAddr := freeAddr(t)
-	serveURL, serveOut := startServe(ctx, t, "--identity", serverID,
-		"--peer", senderP+"=http://"+sendAddr)
+	p := startPair(ctx, t)
 
-	send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
-		"--listen", sendAddr, "--to", serverP, "--url", serveURL,
+	send := exec.CommandContext(ctx, binary, "send", "--identity", p.senderID,
+		"--listen", p.sendAddr, "--to", p.serverP, "--url", p.serveURL,
 		"--payload-hex", "68656c6c6f", "--wait", "30s", "--retry-after", "1s")
 	out, err := send.Output()
 	require.NoError(t, err, "send failed: %s", exitStderr(err))
@@ -176,14 +194,14 @@ func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
 	var delivered map[string]any
 	require.NoError(t, json.Unmarshal(out, &delivered), string(out))
 	require.Equal(t, "delivered", delivered["event"])
-	require.Equal(t, serverP, delivered["to"])
+	require.Equal(t, p.serverP, delivered["to"])
 	require.Equal(t, "68656c6c6f", delivered["sent"])
 	require.Equal(t, "68656c6c6f", delivered["received"])
 	require.EqualValues(t, 907060870, delivered["hash"]) // CRC-32 of "hello"
 	msgID := delivered["msg_id"].(string)
 
-	processed := readEvent(t, serveOut)
-	require.Equal(t, map[string]any{"event": "processed", "from": senderP,
+	processed := readEvent(t, p.serveOut)
+	require.Equal(t, map[string]any{"event": "processed", "from": p.senderP,
 		"msg_id": msgID, "payload": "68656c6c6f"}, processed)
 }
 
@@ -285,22 +303,17 @@ func startServe(ctx context.Context, t *testing.T, args ...string) (string, io.R
 func TestSendReadsThePayloadFromAFileOrStandardInput(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	dir := t.TempDir()
-	serverID, serverP := newIdentity(t, dir, "server")
-	senderID, senderP := newIdentity(t, dir, "sender")
-	sendAddr := freeAddr(t)
-	serveURL, _ := startServe(ctx, t, "--identity", serverID,
-		"--peer", senderP+"=http://"+sendAddr)
+	p := startPair(ctx, t)
 	payload := make([]byte, 300<<10) // more than a command line can hold as hex
 	for i := range payload {
 		payload[i] = byte(i)
 	}
-	file := filepath.Join(dir, "payload.bin")
+	file := filepath.Join(p.dir, "payload.bin")
 	require.NoError(t, os.WriteFile(file, payload, 0o600))
 
 	for _, source := range []string{file, "-"} {
-		send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
-			"--listen", sendAddr, "--to", serverP, "--url", serveURL,
+		send := exec.CommandContext(ctx, binary, "send", "--identity", p.senderID,
+			"--listen", p.sendAddr, "--to", p.serverP, "--url", p.serveURL,
 			"--payload-file", source, "--retry-after", "1s")
 		send.Stdin = bytes.NewReader(payload)
 		out, err := send.Output()
