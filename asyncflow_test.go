@@ -360,3 +360,10 @@ func (b stuckTransport) Send(ctx context.Context, _ principal.Principal, _ strin
 	b.cancelled <- ctx.Err()
 	return ctx.Err()
 }
+
+func newID(t *testing.T) MsgID {
+	t.Helper()
+	id, err := NewMsgID(time.Now())
+	require.NoError(t, err)
+	return id
+}

@@ -135,6 +135,12 @@ type Store interface {
 	// after now, earliest first.
 	DueIncoming(ctx context.Context, now time.Time, limit int) ([]Incoming, error)
 
+	// ExpireIncoming removes up to limit receiver records, in any state,
+	// whose MsgID time is before before, oldest first, and returns how
+	// many it removed. Its cost follows the records removed, not the
+	// records kept.
+	ExpireIncoming(ctx context.Context, before time.Time, limit int) (int, error)
+
 	// NextDue returns the earliest NextSend of any pending or acking
 	// record; ok is false when there is none.
 	NextDue(ctx context.Context) (next time.Time, ok bool, err error)
@@ -155,6 +161,8 @@ type MemoryStore struct {
 	// dueOut and dueIn index pending and acking records by NextSend.
 	dueOut dueHeap
 	dueIn  dueHeap
+	// byID holds the receiver's record keys in id order, for expiry.
+	byID idHeap
 }
 
 type memOut struct {
@@ -267,6 +275,9 @@ func (s *MemoryStore) PutIncoming(_ context.Context, m Incoming) error {
 	}
 	s.seq++
 	k := inKey(m.From, m.MsgID)
+	if _, ok := s.in[k]; !ok {
+		heap.Push(&s.byID, k)
+	}
 	s.in[k] = memIn{rec: copyIncoming(m), seq: s.seq}
 	if m.State == InAcking {
 		heap.Push(&s.dueIn, dueEntry{at: m.NextSend, key: k, seq: s.seq})
@@ -310,6 +321,22 @@ func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time, limit int) (
 	return list, nil
 }
 
+// ExpireIncoming implements Store.
+func (s *MemoryStore) ExpireIncoming(_ context.Context, before time.Time, limit int) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.closed {
+		return 0, errStoreClosed
+	}
+	n := 0
+	for n < limit && s.byID.Len() > 0 && s.byID[0].id.Time().Before(before) {
+		delete(s.in, heap.Pop(&s.byID).(recordKey))
+		n++
+	}
+	return n, nil
+}
+
 // NextDue implements Store.
 func (s *MemoryStore) NextDue(context.Context) (time.Time, bool, error) {
 	s.mu.Lock()
@@ -335,7 +362,7 @@ func (s *MemoryStore) Close() error {
 	defer s.mu.Unlock()
 
 	s.closed = true
-	s.out, s.in, s.dueOut, s.dueIn = nil, nil, nil, nil
+	s.out, s.in, s.dueOut, s.dueIn, s.byID = nil, nil, nil, nil, nil
 	return nil
 }
 
@@ -403,6 +430,21 @@ func (h *dueHeap) Pop() any {
 	e := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return e
+}
+
+// idHeap orders the receiver's record keys by id, oldest first.
+type idHeap []recordKey
+
+func (h idHeap) Len() int           { return len(h) }
+func (h idHeap) Less(i, j int) bool { return h[i].id.Compare(h[j].id) < 0 }
+func (h idHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *idHeap) Push(x any)        { *h = append(*h, x.(recordKey)) }
+
+func (h *idHeap) Pop() any {
+	old := *h
+	k := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return k
 }
 
 func copyOutgoing(m Outgoing) Outgoing {

@@ -1,0 +1,107 @@
+package boltstore
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is the layout of the buckets and records this package
+// writes. It is stored in the file when the file is created.
+//
+// The rule for changing it: a new layout gets the next number, and Open
+// migrates a file of any older number to it in one transaction before the
+// store is used, so a crash during migration leaves the old layout whole.
+// A file of a higher number than this package knows is refused with
+// ErrSchema and left untouched: an older program must not write records it
+// cannot read back.
+const SchemaVersion = 1
+
+// The buckets of schema version 1.
+var (
+	// bucketMeta holds the schema version under keySchema.
+	bucketMeta = []byte("meta")
+	keySchema  = []byte("schema")
+	// bucketOut maps an id to the sender's record.
+	bucketOut = []byte("out")
+	// bucketOutDue indexes pending records by next-send time.
+	bucketOutDue = []byte("out-due")
+	// bucketOutState indexes the sender's records by state.
+	bucketOutState = []byte("out-state")
+	// bucketIn maps id | caller to the receiver's record.
+	bucketIn = []byte("in")
+	// bucketInDue indexes acking records by next-send time.
+	bucketInDue = []byte("in-due")
+)
+
+var allBuckets = [][]byte{bucketMeta, bucketOut, bucketOutDue, bucketOutState, bucketIn,
+	bucketInDue}
+
+// checkSchema creates the buckets of an empty file, and checks the schema
+// version of a file that has them.
+func checkSchema(db *bolt.DB, readOnly bool) (err error) {
+	defer recoverFault(&err)
+
+	var version uint32
+	err = db.View(func(tx *bolt.Tx) error {
+		version, err = readVersion(tx)
+		return err
+	})
+	switch {
+	case err != nil:
+		return err
+	case version == SchemaVersion:
+		return nil
+	case version > SchemaVersion:
+		return fmt.Errorf("%w: the file has version %d, this program knows up to %d",
+			ErrSchema, version, SchemaVersion)
+	case readOnly:
+		return fmt.Errorf("%w: the file is empty, and read-only", ErrNotStore)
+	}
+	return db.Update(create)
+}
+
+// readVersion returns the schema version, or 0 for a file with no buckets
+// at all: a new file.
+func readVersion(tx *bolt.Tx) (uint32, error) {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		empty := true
+		_ = tx.ForEach(func([]byte, *bolt.Bucket) error {
+			empty = false
+			return nil
+		})
+		if !empty {
+			return 0, fmt.Errorf("%w: the file holds other buckets", ErrNotStore)
+		}
+		return 0, nil
+	}
+
+	v := meta.Get(keySchema)
+	if len(v) != 4 {
+		return 0, fmt.Errorf("%w: no schema version", ErrNotStore)
+	}
+	version := binary.BigEndian.Uint32(v)
+	if version == 0 {
+		return 0, fmt.Errorf("%w: schema version 0", ErrNotStore)
+	}
+	if version <= SchemaVersion {
+		for _, name := range allBuckets {
+			if tx.Bucket(name) == nil {
+				return 0, fmt.Errorf("%w: bucket %q is missing", ErrCorrupt, name)
+			}
+		}
+	}
+	return version, nil
+}
+
+// create writes the buckets and the schema version into an empty file.
+func create(tx *bolt.Tx) error {
+	for _, name := range allBuckets {
+		if _, err := tx.CreateBucket(name); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketMeta).Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion))
+}
