@@ -26,6 +26,15 @@ const MinRetryAfter = 10 * time.Millisecond
 // ack payload: the IC's limit on an ingress message, 2 MiB.
 const DefaultMaxPayload = 2 << 20
 
+// DefaultDedupWindow is how long a receiver remembers that it processed an
+// id, counted from the id's ULID time: the transaction window of ICRC-1
+// ledgers.
+const DefaultDedupWindow = 24 * time.Hour
+
+// DefaultMaxClockSkew is how far ahead of the receiver's clock a message
+// id's time may be: ICRC-1's permitted drift.
+const DefaultMaxClockSkew = 5 * time.Minute
+
 // Handler processes a new message from the principal from and returns the
 // ack payload: the answer the sender's ack callback receives. An error, a
 // panic or an answer over MaxPayload records nothing and sends no ack; the
@@ -73,6 +82,18 @@ type Config struct {
 	// RetryAfter is how long to wait for the next step before sending
 	// again. Default DefaultRetryAfter; at least MinRetryAfter.
 	RetryAfter time.Duration
+
+	// DedupWindow is how long a processed id is remembered, counted from
+	// its ULID time; the record is removed within RetryAfter after that,
+	// and the ack, if still unconfirmed, is no longer resent. A new message
+	// whose id is older than the window is refused without running the
+	// Handler, since its record may be gone. Default DefaultDedupWindow.
+	DedupWindow time.Duration
+
+	// MaxClockSkew is how far ahead of this clock a new message's id time
+	// may be; one further ahead is refused. Default DefaultMaxClockSkew;
+	// less than DedupWindow.
+	MaxClockSkew time.Duration
 
 	// MaxPayload limits the payloads CallAsync accepts, the payloads of
 	// new messages that arrive, and the ack payloads a Handler returns.
@@ -222,6 +243,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.MaxPayload == 0 {
 		cfg.MaxPayload = DefaultMaxPayload
 	}
+	if cfg.DedupWindow == 0 {
+		cfg.DedupWindow = DefaultDedupWindow
+	}
+	if cfg.MaxClockSkew == 0 {
+		cfg.MaxClockSkew = DefaultMaxClockSkew
+	}
 	if cfg.SendWorkers == 0 {
 		cfg.SendWorkers = 16
 	}
@@ -236,6 +263,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	case cfg.RetryAfter < MinRetryAfter:
 		return cfg, fmt.Errorf("%w: RetryAfter %s is below the minimum %s", ErrInvalidConfig,
 			cfg.RetryAfter, MinRetryAfter)
+	case cfg.MaxClockSkew < 0 || cfg.DedupWindow <= cfg.MaxClockSkew:
+		return cfg, fmt.Errorf("%w: DedupWindow %s must be longer than MaxClockSkew %s, "+
+			"and neither negative", ErrInvalidConfig, cfg.DedupWindow, cfg.MaxClockSkew)
 	case cfg.MaxPayload < 0:
 		return cfg, fmt.Errorf("%w: MaxPayload %d is negative", ErrInvalidConfig,
 			cfg.MaxPayload)

@@ -214,6 +214,9 @@ func TestNewRefusesInvalidConfig(t *testing.T) {
 		{"negative retry", Config{Transport: tr, RetryAfter: -time.Second}},
 		{"negative workers", Config{Transport: tr, SendWorkers: -1}},
 		{"negative send timeout", Config{Transport: tr, SendTimeout: -time.Second}},
+		{"window not above skew", Config{Transport: tr, DedupWindow: time.Minute,
+			MaxClockSkew: time.Minute}},
+		{"negative skew", Config{Transport: tr, MaxClockSkew: -time.Second}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -233,6 +236,8 @@ func TestNewFillsDefaults(t *testing.T) {
 
 		require.Equal(t, DefaultRetryAfter, f.cfg.RetryAfter)
 		require.Equal(t, 5*time.Minute+30*time.Second, f.cfg.RetryAfter)
+		require.Equal(t, 24*time.Hour, f.cfg.DedupWindow)
+		require.Equal(t, 5*time.Minute, f.cfg.MaxClockSkew)
 		require.NotNil(t, f.store)
 		require.True(t, f.ownsStore)
 	})

@@ -41,6 +41,11 @@ var (
 	// ErrPayloadTooLarge is returned for a payload over Config.MaxPayload.
 	ErrPayloadTooLarge = errors.New("asyncflow: payload too large")
 
+	// ErrOutsideWindow is returned for a new message whose id's time lies
+	// outside [now - DedupWindow, now + MaxClockSkew]: the receiver may
+	// have forgotten it was processed, or would remember it too long.
+	ErrOutsideWindow = errors.New("asyncflow: message id outside the dedup window")
+
 	// ErrInvalidPrincipal is returned for an empty or anonymous principal
 	// where a real one is needed.
 	ErrInvalidPrincipal = errors.New("asyncflow: invalid principal")

@@ -18,7 +18,8 @@ import (
 // (ErrInvalidPrincipal); the method is not one of the three
 // (ErrUnknownMethod); the argument does not decode (ErrInvalidCandid,
 // ErrInvalidMsgID); a payload is over MaxPayload (ErrPayloadTooLarge); a
-// new message arrives with no Handler configured (ErrNoHandler) or from a
+// new message's id is outside the dedup window (ErrOutsideWindow); a new
+// message arrives with no Handler configured (ErrNoHandler) or from a
 // caller the transport has no route back to (ErrNoRoute); an ack comes
 // from a principal other than the message's target (ErrNotPeer); or the
 // store fails, so that the transport can refuse the call and the peer
@@ -82,6 +83,12 @@ func (f *Flow) refuse(r Rejection, err error) error {
 // right now is left to the call that is processing it.
 func (f *Flow) handleNewMessage(ctx context.Context, caller principal.Principal,
 	m NewMessage) error {
+	err := checkWindow(m.MsgID, time.Now(), f.cfg.DedupWindow, f.cfg.MaxClockSkew)
+	if err != nil {
+		return f.refuse(Rejection{From: caller, MsgID: m.MsgID, HasMsgID: true,
+			Method: MethodNewMessage}, err)
+	}
+
 	if r, ok := f.cfg.Transport.(Router); ok {
 		if err := r.Route(caller); err != nil {
 			err = fmt.Errorf("no route back to the caller for the ack: %w", err)

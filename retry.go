@@ -43,6 +43,7 @@ func (f *Flow) poke() {
 // however long it takes.
 func (f *Flow) resendDue() time.Duration {
 	now := time.Now()
+	f.expire(now)
 	for f.ctx.Err() == nil {
 		more, err := f.resendDueOnce(f.ctx, now)
 		if err != nil {
@@ -97,6 +98,25 @@ func (f *Flow) resendDueOnce(ctx context.Context, now time.Time) (bool, error) {
 
 	full := len(outs) == retryBatch || len(ins) == retryBatch
 	return full && moved > 0, nil
+}
+
+// expire removes the receiver's records whose ids left the dedup window.
+// Their acks are no longer resent; a newMessage with such an id is refused
+// before any lookup, so the record is not needed.
+func (f *Flow) expire(now time.Time) {
+	before := now.Add(-f.cfg.DedupWindow)
+	for f.ctx.Err() == nil {
+		n, err := f.store.ExpireIncoming(f.ctx, before, retryBatch)
+		if err != nil {
+			if f.ctx.Err() == nil {
+				f.log.Error("asyncflow: expiring processed ids failed", "err", err)
+			}
+			return
+		}
+		if n < retryBatch {
+			return
+		}
+	}
 }
 
 func btoi(b bool) int {

@@ -1,6 +1,7 @@
 package asyncflow
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -100,6 +101,24 @@ func decideNewMessage(rec *Incoming) newMessageVerdict {
 		return newProcess
 	}
 	return newDuplicate
+}
+
+// checkWindow applies the dedup window to the id of a newMessage that
+// arrives at now. A receiver forgets an id once its ULID time is older than
+// window, so it must refuse such an id rather than process it a second
+// time; an id more than skew ahead of now would be remembered for longer
+// than the window promises, so it is refused too.
+func checkWindow(id MsgID, now time.Time, window, skew time.Duration) error {
+	t := id.Time()
+	switch {
+	case t.Before(now.Add(-window)):
+		return fmt.Errorf("%w: message %s is from %s, older than the dedup window of %s",
+			ErrOutsideWindow, id, t.UTC().Format(time.RFC3339Nano), window)
+	case t.After(now.Add(skew)):
+		return fmt.Errorf("%w: message %s is from %s, more than %s ahead of this clock",
+			ErrOutsideWindow, id, t.UTC().Format(time.RFC3339Nano), skew)
+	}
+	return nil
 }
 
 // ackFor returns the ack a receiver sends for its record.

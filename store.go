@@ -18,7 +18,8 @@ type OutState uint8
 const (
 	// OutPending: sent and waiting for the ack; resent when due. The
 	// sender does not give up yet: a message to a peer that never answers
-	// stays pending, and is resent, until the user forgets it.
+	// stays pending, and is resent, until the user forgets it, although
+	// the peer refuses it once its id is older than the peer's DedupWindow.
 	OutPending OutState = iota + 1
 	// OutAcked: the ack arrived and matched; the ack callback and the
 	// ackack are still to run. A Flow that restarts runs them again.
@@ -68,8 +69,8 @@ const (
 	// the ackack arrives.
 	InAcking InState = iota + 1
 	// InDone: the ackack arrived. The record stays so that a duplicate
-	// newMessage is not processed again. Records do not expire yet, so
-	// a receiver's store grows with every message it ever processed.
+	// newMessage is not processed again, until its id leaves the Flow's
+	// DedupWindow.
 	InDone
 )
 

@@ -362,7 +362,7 @@ func (e *Endpoint) deliver(s *submission) error {
 	case errors.Is(err, asyncflow.ErrInvalidCandid), errors.Is(err, asyncflow.ErrInvalidMsgID),
 		errors.Is(err, asyncflow.ErrUnknownMethod), errors.Is(err, asyncflow.ErrInvalidPrincipal),
 		errors.Is(err, asyncflow.ErrNoRoute), errors.Is(err, asyncflow.ErrNoHandler),
-		errors.Is(err, asyncflow.ErrNotPeer):
+		errors.Is(err, asyncflow.ErrNotPeer), errors.Is(err, asyncflow.ErrOutsideWindow):
 		return inboundRefusal(http.StatusBadRequest, "call refused: "+err.Error())
 	case errors.Is(err, asyncflow.ErrClosed):
 		return inboundRefusal(http.StatusServiceUnavailable, "not accepting calls now")

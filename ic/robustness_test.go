@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,10 +144,10 @@ func newFlowEndpoint(t *testing.T, sender principal.Principal, store asyncflow.S
 
 // postNewMessage posts a valid signed newMessage from id to self.
 func postNewMessage(t *testing.T, srv *httptest.Server, id identity.Identity,
-	self principal.Principal) (int, string, error) {
+	self principal.Principal, msgID asyncflow.MsgID) (int, string, error) {
 	t.Helper()
-	req := callRequest(t, id, self, asyncflow.MethodNewMessage, candidArg(t, "newMessage"))
-	body := encode(t, signed(id, req))
+	arg := asyncflow.NewMessage{MsgID: msgID, Payload: []byte("hello")}.AppendCandid(nil)
+	body := encode(t, signed(id, callRequest(t, id, self, asyncflow.MethodNewMessage, arg)))
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost,
@@ -161,6 +162,14 @@ func postNewMessage(t *testing.T, srv *httptest.Server, id identity.Identity,
 	return resp.StatusCode, string(answer), nil
 }
 
+// freshID returns a message id of now, inside every dedup window.
+func freshID(t *testing.T) asyncflow.MsgID {
+	t.Helper()
+	id, err := asyncflow.NewMsgID(time.Now())
+	require.NoError(t, err)
+	return id
+}
+
 // A store failure is the server's fault: the caller gets a 5xx, which it
 // may retry, and none of the store's own error text.
 func TestEndpointAnswersAStoreFailureWithA5xx(t *testing.T) {
@@ -173,7 +182,7 @@ func TestEndpointAnswersAStoreFailureWithA5xx(t *testing.T) {
 			return nil, nil
 		})
 
-	status, reason, err := postNewMessage(t, srv, sender, self)
+	status, reason, err := postNewMessage(t, srv, sender, self, freshID(t))
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, status, 500, "store failure answered %d: %s", status, reason)
 	require.NotContains(t, reason, "store unavailable", "internal error text leaks")
@@ -192,14 +201,13 @@ func TestEndpointSurvivesAPanickingHandler(t *testing.T) {
 			panic("handler bug")
 		})
 
+	msgID := freshID(t)
 	for range 2 {
-		status, reason, err := postNewMessage(t, srv, sender, self)
+		status, reason, err := postNewMessage(t, srv, sender, self, msgID)
 		require.NoError(t, err, "the connection survives")
 		require.Equal(t, http.StatusAccepted, status, reason)
 	}
-	var m asyncflow.NewMessage
-	require.NoError(t, m.UnmarshalCandid(candidArg(t, "newMessage")))
-	_, err = store.Incoming(t.Context(), sender.Sender(), m.MsgID)
+	_, err = store.Incoming(t.Context(), sender.Sender(), msgID)
 	require.ErrorIs(t, err, asyncflow.ErrNotFound)
 }
 
@@ -242,4 +250,30 @@ func TestEndpointPathEdgeCases(t *testing.T) {
 func hexByte(b byte) string {
 	const digits = "0123456789abcdef"
 	return string([]byte{digits[b>>4], digits[b&0x0f]})
+}
+
+// A newMessage whose id left the receiver's dedup window is refused for
+// good (400), so the sender's transport can tell it from a passing fault,
+// and its handler does not run.
+func TestEndpointRefusesAMessageOutsideTheDedupWindow(t *testing.T) {
+	sender, err := identity.NewRandomEd25519Identity()
+	require.NoError(t, err)
+	store := asyncflow.NewMemoryStore()
+	defer store.Close()
+	var ran atomic.Bool
+	self, srv := newFlowEndpoint(t, sender.Sender(), store,
+		func(context.Context, principal.Principal, asyncflow.MsgID, []byte) ([]byte, error) {
+			ran.Store(true)
+			return nil, nil
+		})
+	old, err := asyncflow.NewMsgID(time.Now().Add(-asyncflow.DefaultDedupWindow - time.Minute))
+	require.NoError(t, err)
+
+	status, reason, err := postNewMessage(t, srv, sender, self, old)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusBadRequest, status, reason)
+	require.Contains(t, reason, "dedup window")
+	require.False(t, ran.Load(), "the handler did not run")
+	_, err = store.Incoming(t.Context(), sender.Sender(), old)
+	require.ErrorIs(t, err, asyncflow.ErrNotFound)
 }
