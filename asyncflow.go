@@ -51,8 +51,11 @@ type Config struct {
 	// Transport carries outgoing calls. Required.
 	Transport Transport
 
-	// Store keeps both sides' state. Default: a new MemoryStore, which the
-	// Flow closes on Close. A Store given here is not closed by the Flow.
+	// Store keeps both sides' state. A Store given here is not closed by
+	// the Flow. Default: a new MemoryStore, which the Flow closes on Close
+	// and which loses every message and processed id when the process
+	// exits; New logs a warning when it picks it. The boltstore package
+	// keeps them in a file.
 	Store Store
 
 	// Handler processes new messages. A Flow without one refuses them.
@@ -214,6 +217,8 @@ func New(cfg Config) (*Flow, error) {
 	}
 	if f.store == nil {
 		f.store, f.ownsStore = NewMemoryStore(), true
+		f.log.Warn("asyncflow: no Store configured; using a MemoryStore, which loses " +
+			"unacked messages and processed ids when the process exits")
 	}
 
 	// Only messages acked by an earlier Flow are resumed: listing them in

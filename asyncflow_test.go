@@ -230,7 +230,7 @@ func TestNewFillsDefaults(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		net, err := NewNetwork(1, Faults{})
 		require.NoError(t, err)
-		f, err := New(Config{Transport: net.Transport(alice)})
+		f, err := New(Config{Transport: net.Transport(alice), Logger: quiet})
 		require.NoError(t, err)
 		defer f.Close()
 

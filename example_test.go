@@ -27,6 +27,7 @@ func Example() {
 	done := make(chan asyncflow.Delivery, 1)
 	sender, err := asyncflow.New(asyncflow.Config{
 		Transport: network.Transport(alice),
+		Store:     asyncflow.NewMemoryStore(), // boltstore.Open keeps it on disk
 		OnAck:     func(_ context.Context, d asyncflow.Delivery) { done <- d },
 		Logger:    quiet,
 	})
@@ -40,6 +41,7 @@ func Example() {
 			payload []byte) ([]byte, error) {
 			return []byte(strings.ToUpper(string(payload))), nil
 		},
+		Store:  asyncflow.NewMemoryStore(),
 		Logger: quiet,
 	})
 	if err != nil {

@@ -6,12 +6,15 @@ import (
 	"log"
 	"log/slog"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/asyncflow/asyncflow"
+	"github.com/asyncflow/asyncflow/boltstore"
 	"github.com/asyncflow/asyncflow/ic"
 )
 
@@ -20,13 +23,15 @@ import (
 type service struct {
 	id     identity.Identity
 	routes *ic.Transport
+	store  *boltstore.Store
 	flow   *asyncflow.Flow
 	server *httptest.Server
 }
 
 // newService starts a service whose handler answers every message, and
-// whose OnAck hands each confirmation to acked.
-func newService(acked chan<- asyncflow.Delivery) *service {
+// whose OnAck hands each confirmation to acked. Its state is kept in a
+// bbolt file in dir.
+func newService(dir string, acked chan<- asyncflow.Delivery) *service {
 	_, id, err := ic.NewIdentityPEM() // or ic.LoadIdentity("service.pem")
 	if err != nil {
 		log.Fatal(err)
@@ -37,8 +42,15 @@ func newService(acked chan<- asyncflow.Delivery) *service {
 		log.Fatal(err)
 	}
 
+	// Messages and processed ids survive a crash: open the file again to
+	// resume them.
+	store, err := boltstore.Open(filepath.Join(dir, id.Sender().String()+".db"), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
 	flow, err := asyncflow.New(asyncflow.Config{
 		Transport: routes,
+		Store:     store,
 		Handler: func(_ context.Context, from principal.Principal, _ asyncflow.MsgID,
 			payload []byte) ([]byte, error) {
 			return fmt.Appendf(nil, "got %q", payload), nil // travels back in the ack
@@ -55,19 +67,28 @@ func newService(acked chan<- asyncflow.Delivery) *service {
 		log.Fatal(err)
 	}
 	// A real service serves it with http.ListenAndServe(":8080", endpoint).
-	return &service{id: id, routes: routes, flow: flow, server: httptest.NewServer(endpoint)}
+	return &service{id: id, routes: routes, store: store, flow: flow,
+		server: httptest.NewServer(endpoint)}
 }
 
+// close stops the service: the endpoint first, then the Flow, and the
+// store the Flow used last.
 func (s *service) close() {
 	s.server.Close()
 	s.flow.Close()
+	s.store.Close()
 }
 
 // Two Go services exchange a message over HTTP, each call signed with the
 // sender's identity and verified by the receiver's endpoint.
 func Example() {
+	dir, err := os.MkdirTemp("", "asyncflow-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
 	acked := make(chan asyncflow.Delivery, 1)
-	alice, bob := newService(acked), newService(nil)
+	alice, bob := newService(dir, acked), newService(dir, nil)
 	defer alice.close()
 	defer bob.close()
 

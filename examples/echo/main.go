@@ -2,10 +2,12 @@
 // with the same bytes, over the IC's signed-call HTTP interface.
 //
 //	go run ./examples/echo -identity id.pem -listen 127.0.0.1:8080 \
-//		-peer <sender principal>=http://127.0.0.1:8081
+//		-peer <sender principal>=http://127.0.0.1:8081 -store echo.db
 //
 // Every message is processed once; its answer goes back to the sender in
-// an ack, which needs a route to the sender (-peer).
+// an ack, which needs a route to the sender (-peer). The record of which
+// messages were processed is kept in the -store file, so a restart does
+// not process any of them again.
 package main
 
 import (
@@ -23,6 +25,7 @@ import (
 	"github.com/aviate-labs/agent-go/principal"
 
 	"github.com/asyncflow/asyncflow"
+	"github.com/asyncflow/asyncflow/boltstore"
 	"github.com/asyncflow/asyncflow/ic"
 )
 
@@ -37,6 +40,7 @@ func run() error {
 	idPath := flag.String("identity", "", "PEM identity file")
 	listen := flag.String("listen", "127.0.0.1:8080", "address to serve on")
 	peer := flag.String("peer", "", "PRINCIPAL=URL of the sender, for the acks")
+	storePath := flag.String("store", "echo.db", "file that keeps the processed ids")
 	flag.Parse()
 
 	id, err := ic.LoadIdentity(*idPath)
@@ -56,8 +60,15 @@ func run() error {
 		return err
 	}
 
+	store, err := boltstore.Open(*storePath, nil)
+	if err != nil {
+		return err
+	}
+	defer store.Close() // after the Flow: defers run last-in first-out
+
 	flow, err := asyncflow.New(asyncflow.Config{
 		Transport: transport,
+		Store:     store,
 		Handler: func(_ context.Context, from principal.Principal, msgID asyncflow.MsgID,
 			payload []byte) ([]byte, error) {
 			slog.Info("message", "from", from.String(), "msg_id", msgID.String(),
