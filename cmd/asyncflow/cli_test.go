@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -158,26 +160,50 @@ func freeAddr(t *testing.T) string {
 }
 
 // pair is a serve process and the identity and address of a sender that
-// it routes its acks to.
+// it routes its acks to, both with dir as their working directory.
 type pair struct {
 	dir               string
-	serverP, serveURL string
-	serveOut          io.Reader
+	serverP           string
+	serve             serveProc
 	senderID, senderP string
 	sendAddr          string
 }
 
-// startPair makes two identities and starts serve with a route back to
-// the sender's address.
-func startPair(ctx context.Context, t *testing.T) pair {
+// startPair makes two identities in a new folder and starts serve there,
+// with a route back to the sender's address and serveArgs.
+func startPair(ctx context.Context, t *testing.T, serveArgs ...string) pair {
 	t.Helper()
 	p := pair{dir: t.TempDir(), sendAddr: freeAddr(t)}
 	var serverID string
 	serverID, p.serverP = newIdentity(t, p.dir, "server")
 	p.senderID, p.senderP = newIdentity(t, p.dir, "sender")
-	p.serveURL, p.serveOut = startServe(ctx, t, "--identity", serverID,
-		"--peer", p.senderP+"=http://"+p.sendAddr)
+	p.serve = startServe(ctx, t, p.dir, append([]string{"--identity", serverID,
+		"--peer", p.senderP + "=http://" + p.sendAddr}, serveArgs...)...)
 	return p
+}
+
+// send runs send as a process in the pair's folder, from the pair's
+// sender to its serve, and returns its exit code and output.
+func (p pair) send(ctx context.Context, t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	return runSend(ctx, t, p.dir, append([]string{"--identity", p.senderID,
+		"--listen", p.sendAddr, "--to", p.serverP, "--url", p.serve.url}, args...)...)
+}
+
+// runSend runs send as a process in dir and returns its exit code and
+// output.
+func runSend(ctx context.Context, t *testing.T, dir string, args ...string) (
+	int, string, string) {
+	t.Helper()
+	send := exec.CommandContext(ctx, binary, append([]string{"send"}, args...)...)
+	send.Dir = dir
+	var stdout, stderr bytes.Buffer
+	send.Stdout, send.Stderr = &stdout, &stderr
+	err := send.Run()
+	if _, exited := err.(*exec.ExitError); err != nil && !exited {
+		require.NoError(t, err)
+	}
+	return send.ProcessState.ExitCode(), stdout.String(), stderr.String()
 }
 
 func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
@@ -185,14 +211,12 @@ func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
 	defer cancel()
 	p := startPair(ctx, t)
 
-	send := exec.CommandContext(ctx, binary, "send", "--identity", p.senderID,
-		"--listen", p.sendAddr, "--to", p.serverP, "--url", p.serveURL,
-		"--payload-hex", "68656c6c6f", "--wait", "30s", "--retry-after", "1s")
-	out, err := send.Output()
-	require.NoError(t, err, "send failed: %s", exitStderr(err))
+	code, out, stderr := p.send(ctx, t, "--payload-hex", "68656c6c6f", "--wait", "30s",
+		"--retry-after", "1s")
+	require.Equal(t, 0, code, "send failed: %s", stderr)
 
 	var delivered map[string]any
-	require.NoError(t, json.Unmarshal(out, &delivered), string(out))
+	require.NoError(t, json.Unmarshal([]byte(out), &delivered), out)
 	require.Equal(t, "delivered", delivered["event"])
 	require.Equal(t, p.serverP, delivered["to"])
 	require.Equal(t, "68656c6c6f", delivered["sent"])
@@ -200,7 +224,7 @@ func TestServeAndSendDeliverBetweenTwoProcesses(t *testing.T) {
 	require.EqualValues(t, 907060870, delivered["hash"]) // CRC-32 of "hello"
 	msgID := delivered["msg_id"].(string)
 
-	processed := readEvent(t, p.serveOut)
+	processed := readEvent(t, p.serve.out)
 	require.Equal(t, map[string]any{"event": "processed", "from": p.senderP,
 		"msg_id": msgID, "payload": "68656c6c6f"}, processed)
 }
@@ -210,9 +234,11 @@ func TestSendToAnUnreachablePeerFailsWithOneLine(t *testing.T) {
 	senderID, _ := newIdentity(t, dir, "sender")
 	_, targetP := newIdentity(t, dir, "target")
 
+	store := filepath.Join(dir, "sender.db")
+
 	code, stdout, stderr := runCLI(t, "send", "--identity", senderID, "--to", targetP,
 		"--url", "http://"+freeAddr(t), "--listen", freeAddr(t), "--payload-hex", "00",
-		"--wait", "2s")
+		"--wait", "2s", "--store", store)
 	require.Equal(t, 1, code)
 	require.Empty(t, stdout)
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
@@ -220,6 +246,7 @@ func TestSendToAnUnreachablePeerFailsWithOneLine(t *testing.T) {
 	require.Contains(t, lines[0], "send failed; it is retried", "said at once, not after --wait")
 	require.Contains(t, lines[1], "no ack")
 	require.Contains(t, lines[1], "connection refused")
+	require.Contains(t, lines[1], "it stays pending in "+store)
 }
 
 // waitForLine reads r until a line contains want, returns that line, and
@@ -268,6 +295,9 @@ func TestMistakesInFlagsExitWithTwo(t *testing.T) {
 			"--retry-after", "-5s"},
 		{"send", "--identity", idPath, "--to", p, "--url", "http://h:1", "--listen", ":0",
 			"--payload-hex", "00", "--payload-file", "-"},
+		{"serve", "--identity", idPath, "--store", filepath.Join(dir, "x.db"), "--memory"},
+		{"send", "--identity", idPath, "--to", p, "--url", "http://h:1", "--listen", ":0",
+			"--memory", "--store", filepath.Join(dir, "x.db")},
 		{"demo", "--corrupt", "1"},
 		{"demo", "--retry-after", "1ms"},
 		{"candid", "encode", "--method", "ack", "--msg-id", "-1"},
@@ -278,14 +308,24 @@ func TestMistakesInFlagsExitWithTwo(t *testing.T) {
 		require.Empty(t, stdout)
 		require.Equal(t, 1, strings.Count(stderr, "\n"), "%v: one line: %q", args, stderr)
 	}
+	require.NoFileExists(t, filepath.Join(dir, "x.db"), "a mistake opens no store")
 }
 
-// startServe runs serve as a process on a port it picks and returns its
-// URL and its stdout.
-func startServe(ctx context.Context, t *testing.T, args ...string) (string, io.Reader) {
+// serveProc is a serve process that startServe started.
+type serveProc struct {
+	cmd *exec.Cmd
+	url string
+	out io.Reader // its standard output
+}
+
+// startServe runs serve as a process in dir, on a port it picks unless
+// args name another --listen, and returns once it serves. The test's end
+// interrupts it.
+func startServe(ctx context.Context, t *testing.T, dir string, args ...string) serveProc {
 	t.Helper()
 	serve := exec.CommandContext(ctx, binary, append([]string{"serve", "--listen",
 		"127.0.0.1:0", "--retry-after", "1s"}, args...)...)
+	serve.Dir = dir
 	out, err := serve.StdoutPipe()
 	require.NoError(t, err)
 	errOut, err := serve.StderrPipe()
@@ -297,7 +337,24 @@ func startServe(ctx context.Context, t *testing.T, args ...string) (string, io.R
 	})
 
 	banner := waitForLine(t, errOut, "serving ")
-	return banner[strings.LastIndex(banner, " ")+1:], out
+	return serveProc{cmd: serve, url: banner[strings.LastIndex(banner, " ")+1:], out: out}
+}
+
+// stop interrupts serve, waits for it to exit cleanly and returns the
+// event lines it printed that were not read yet.
+func (s serveProc) stop(t *testing.T) []map[string]any {
+	t.Helper()
+	require.NoError(t, s.cmd.Process.Signal(os.Interrupt))
+	var events []map[string]any
+	sc := bufio.NewScanner(s.out)
+	for sc.Scan() {
+		var ev map[string]any
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &ev), sc.Text())
+		events = append(events, ev)
+	}
+	require.NoError(t, sc.Err())
+	require.NoError(t, s.cmd.Wait())
+	return events
 }
 
 func TestSendReadsThePayloadFromAFileOrStandardInput(t *testing.T) {
@@ -313,8 +370,9 @@ func TestSendReadsThePayloadFromAFileOrStandardInput(t *testing.T) {
 
 	for _, source := range []string{file, "-"} {
 		send := exec.CommandContext(ctx, binary, "send", "--identity", p.senderID,
-			"--listen", p.sendAddr, "--to", p.serverP, "--url", p.serveURL,
+			"--listen", p.sendAddr, "--to", p.serverP, "--url", p.serve.url,
 			"--payload-file", source, "--retry-after", "1s")
+		send.Dir = p.dir
 		send.Stdin = bytes.NewReader(payload)
 		out, err := send.Output()
 		require.NoError(t, err, "%s: %s", source, exitStderr(err))
@@ -331,18 +389,163 @@ func TestSendStopsAtARefusalThatARetryCannotChange(t *testing.T) {
 	dir := t.TempDir()
 	serverID, serverP := newIdentity(t, dir, "server")
 	senderID, _ := newIdentity(t, dir, "sender")
-	serveURL, _ := startServe(ctx, t, "--identity", serverID) // no route back
+	serve := startServe(ctx, t, dir, "--identity", serverID) // no route back
 
-	send := exec.CommandContext(ctx, binary, "send", "--identity", senderID,
-		"--listen", freeAddr(t), "--to", serverP, "--url", serveURL,
+	code, _, stderr := runSend(ctx, t, dir, "--identity", senderID,
+		"--listen", freeAddr(t), "--to", serverP, "--url", serve.url,
 		"--payload-hex", "00", "--wait", "50s")
-	var errOut bytes.Buffer
-	send.Stderr = &errOut
-	err := send.Run()
 
-	require.Error(t, err)
-	stderr := errOut.String()
+	require.Equal(t, 1, code)
 	require.Contains(t, stderr, "would refuse it again")
 	require.Contains(t, stderr, "no route back to the caller")
 	require.NotContains(t, stderr, "no ack", "it did not wait for --wait")
+}
+
+func TestServeAndSendKeepTheirStoresInPrincipalNamedFilesByDefault(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	p := startPair(ctx, t)
+	require.FileExists(t, filepath.Join(p.dir, p.serverP+".db"), "opened before serving")
+
+	code, _, stderr := p.send(ctx, t, "--payload-hex", "00", "--retry-after", "1s")
+	require.Equal(t, 0, code, stderr)
+	require.FileExists(t, filepath.Join(p.dir, p.senderP+".db"))
+}
+
+func TestMemoryStoresLeaveNoFile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	p := startPair(ctx, t, "--memory")
+
+	code, _, stderr := p.send(ctx, t, "--payload-hex", "00", "--retry-after", "1s",
+		"--memory")
+	require.Equal(t, 0, code, stderr)
+	p.serve.stop(t)
+	stores, err := filepath.Glob(filepath.Join(p.dir, "*.db"))
+	require.NoError(t, err)
+	require.Empty(t, stores)
+}
+
+func TestASecondServeOnTheSameStoreFailsAsInUse(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	serverID, _ := newIdentity(t, dir, "server")
+	first := startServe(ctx, t, dir, "--identity", serverID, "--store", "shared.db")
+
+	// The store's lock timeout is 2 s: a second serve that waited for the
+	// first to end would be stopped by this bound instead of failing.
+	secondCtx, cancelSecond := context.WithTimeout(ctx, 15*time.Second)
+	defer cancelSecond()
+	second := exec.CommandContext(secondCtx, binary, "serve", "--identity", serverID,
+		"--listen", "127.0.0.1:0", "--store", "shared.db")
+	second.Dir = dir
+	var errOut bytes.Buffer
+	second.Stderr = &errOut
+	err := second.Run()
+
+	require.Error(t, err)
+	require.Equal(t, 1, second.ProcessState.ExitCode(), errOut.String())
+	require.Equal(t, 1, strings.Count(errOut.String(), "\n"), errOut.String())
+	require.Contains(t, errOut.String(), "store in use by another process: shared.db")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(first.url, "http://"))
+	require.NoError(t, err, "the first serve still runs")
+	require.NoError(t, conn.Close())
+}
+
+func TestAStoreFileThatIsNotAStoreIsRefusedAndLeftAlone(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	idPath, p := newIdentity(t, dir, "someone")
+	notes := filepath.Join(dir, "notes.txt")
+	text := []byte("these are notes, not messages\n")
+	require.NoError(t, os.WriteFile(notes, text, 0o644))
+
+	commands := [][]string{
+		{"serve", "--identity", idPath, "--listen", "127.0.0.1:0", "--store", notes},
+		{"send", "--identity", idPath, "--listen", "127.0.0.1:0", "--to", p,
+			"--url", "http://127.0.0.1:1", "--payload-hex", "00", "--store", notes},
+	}
+	for _, args := range commands {
+		cmd := exec.CommandContext(ctx, binary, args...)
+		cmd.Dir = dir
+		out, err := cmd.Output()
+
+		require.Error(t, err, args[0])
+		require.Equal(t, 1, cmd.ProcessState.ExitCode(), args[0])
+		require.Empty(t, out)
+		stderr := exitStderr(err)
+		require.Equal(t, 1, strings.Count(stderr, "\n"), "%s: %q", args[0], stderr)
+		require.Contains(t, stderr, "not an asyncflow store: "+notes)
+		after, err := os.ReadFile(notes)
+		require.NoError(t, err)
+		require.Equal(t, text, after, args[0])
+	}
+}
+
+func TestSendResendsWhatAnInterruptedSendLeftPending(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	serverID, serverP := newIdentity(t, dir, "server")
+	senderID, senderP := newIdentity(t, dir, "sender")
+	serveAddr, sendAddr := freeAddr(t), freeAddr(t)
+	send := func(payload, wait string) (int, string, string) {
+		return runSend(ctx, t, dir, "--identity", senderID, "--listen", sendAddr,
+			"--to", serverP, "--url", "http://"+serveAddr, "--store", "sender.db",
+			"--payload-hex", payload, "--wait", wait, "--retry-after", "200ms")
+	}
+
+	// Nothing serves yet: the first send gives up and leaves its message.
+	code, stdout, stderr := send("6669727374", "1s") // "first"
+	require.Equal(t, 1, code, stderr)
+	require.Empty(t, stdout)
+	require.Contains(t, stderr, "it stays pending in sender.db")
+
+	serve := startServe(ctx, t, dir, "--identity", serverID, "--listen", serveAddr,
+		"--peer", senderP+"=http://"+sendAddr, "--memory")
+	code, stdout, stderr = send("7365636f6e64", "30s") // "second"
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stderr, "resuming 1 message left in sender.db")
+
+	delivered := map[string]string{} // msg id -> payload
+	for line := range strings.Lines(stdout) {
+		var ev map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &ev), line)
+		require.Equal(t, "delivered", ev["event"], line)
+		require.Equal(t, ev["sent"], ev["received"], line)
+		delivered[ev["msg_id"].(string)] = ev["sent"].(string)
+	}
+	require.ElementsMatch(t, []string{"6669727374", "7365636f6e64"}, slices.Collect(
+		maps.Values(delivered)), stdout)
+
+	processed := map[string]string{}
+	for _, ev := range serve.stop(t) {
+		require.Equal(t, "processed", ev["event"], ev)
+		id := ev["msg_id"].(string)
+		require.NotContains(t, processed, id, "processed twice")
+		processed[id] = ev["payload"].(string)
+	}
+	require.Equal(t, delivered, processed)
+}
+
+func TestSendLeavesMessagesForAnotherPrincipalPendingAndSaysSo(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	p := startPair(ctx, t)
+	_, elsewhereP := newIdentity(t, p.dir, "elsewhere")
+
+	code, _, stderr := runSend(ctx, t, p.dir, "--identity", p.senderID,
+		"--listen", p.sendAddr, "--to", elsewhereP, "--url", "http://"+freeAddr(t),
+		"--payload-hex", "00", "--wait", "1s", "--retry-after", "200ms")
+	require.Equal(t, 1, code, stderr)
+
+	code, stdout, stderr := p.send(ctx, t, "--payload-hex", "01", "--retry-after", "200ms")
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, 1, strings.Count(stdout, "\n"), "only its own message: %s", stdout)
+	require.Contains(t, stdout, `"sent":"01"`)
+	require.Regexp(t, `level=WARN msg=".*another principal.*" count=1 to=`+elsewhereP,
+		stderr)
+	require.NotContains(t, stderr, "resuming")
 }

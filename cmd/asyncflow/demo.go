@@ -15,6 +15,7 @@ import (
 	"github.com/aviate-labs/agent-go/identity"
 
 	"github.com/asyncflow/asyncflow"
+	"github.com/asyncflow/asyncflow/boltstore"
 	"github.com/asyncflow/asyncflow/ic"
 )
 
@@ -191,10 +192,15 @@ func demoIdentity(dir, name string) (identity.Identity, error) {
 }
 
 // startPeers starts A, the sender, and B, the echoing receiver, each
-// routing calls to the other through the other's proxy.
+// routing calls to the other through the other's proxy and keeping its
+// state in a bbolt file in the state folder, as serve and send do.
 func (d *demo) startPeers(idA, idB identity.Identity, log *slog.Logger) error {
+	storeA, err := boltstore.Open(filepath.Join(d.dir, "a.db"), nil)
+	if err != nil {
+		return fmt.Errorf("demo: opening the store of peer A: %w", err)
+	}
 	a, err := startNode(nodeConfig{
-		id: idA, listen: "127.0.0.1:0", log: log,
+		id: idA, listen: "127.0.0.1:0", log: log, store: storeA,
 		routes: map[string]string{idB.Sender().String(): d.proxyB.url()},
 		flow: asyncflow.Config{
 			OnAck:      d.acked,
@@ -207,8 +213,12 @@ func (d *demo) startPeers(idA, idB identity.Identity, log *slog.Logger) error {
 	}
 	d.a = a
 
+	storeB, err := boltstore.Open(filepath.Join(d.dir, "b.db"), nil)
+	if err != nil {
+		return fmt.Errorf("demo: opening the store of peer B: %w", err)
+	}
 	b, err := startNode(nodeConfig{
-		id: idB, listen: "127.0.0.1:0", log: log,
+		id: idB, listen: "127.0.0.1:0", log: log, store: storeB,
 		routes: map[string]string{idA.Sender().String(): d.proxyA.url()},
 		flow: asyncflow.Config{
 			Handler:     echo,
@@ -225,7 +235,8 @@ func (d *demo) startPeers(idA, idB identity.Identity, log *slog.Logger) error {
 }
 
 // close stops the proxies first, so that no call is in flight between the
-// peers, then the peers, and removes the state folder.
+// peers, then the peers, which close their stores, and removes the state
+// folder with the stores' files.
 func (d *demo) close() error {
 	var err error
 	for _, p := range []*faultyProxy{d.proxyA, d.proxyB} {
@@ -282,6 +293,8 @@ func (d *demo) announce(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  the proxies drop %s, duplicate %s and corrupt %s of requests\n",
 		percent(r.drop), percent(r.duplicate), percent(r.corrupt))
+	fmt.Fprintf(w, "  the peers keep their state in bbolt files in %s, removed at the end\n",
+		d.dir)
 }
 
 // errTimedOut marks a demo that ran out of time.

@@ -42,6 +42,7 @@ func TestDemoDeliversEveryMessageExactlyOnceThroughFaultyProxies(t *testing.T) {
 		ProxyDropped    uint64 `json:"proxy_dropped"`
 		ProxyDuplicated uint64 `json:"proxy_duplicated"`
 		Seed            uint64 `json:"seed"`
+		StateDir        string `json:"state_dir"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(stdout), &summary))
 	require.Equal(t, "summary", summary.Event)
@@ -53,6 +54,8 @@ func TestDemoDeliversEveryMessageExactlyOnceThroughFaultyProxies(t *testing.T) {
 	require.Positive(t, summary.ProxyDuplicated, "the proxies duplicated nothing")
 	require.Equal(t, uint64(7), summary.Seed)
 	require.Contains(t, stderr, "scaled from 5m30s to 300ms for the demo")
+	require.Contains(t, stderr, "keep their state in bbolt files in "+summary.StateDir)
+	require.NoDirExists(t, summary.StateDir, "the stores are removed with their folder")
 }
 
 func TestDemoRefusesBadFlagsWithOneLineAndExitTwo(t *testing.T) {

@@ -24,9 +24,14 @@ const usage = `usage: asyncflow <command> [flags]
 commands:
   identity new --out FILE     write a new Ed25519 identity (dfx PEM), print its principal
   serve                       run a peer whose handler echoes each payload back
-  send                        send one message and wait for its ack
+  send                        send one message and wait for its ack, after resuming
+                              the messages an earlier send left pending
   candid encode|decode        convert an argument of the three methods
   demo                        two peers over loopback HTTP through a faulty proxy
+
+serve and send keep their messages in <principal>.db in the working directory, so
+that a restart resumes them: --store FILE names another file, --memory keeps them
+in memory only. One process at a time uses a store file.
 
 Run "asyncflow <command> -h" for the flags of a command.
 `
@@ -125,7 +130,7 @@ func parse(fs *flag.FlagSet, args []string, want int) error {
 // package at each level of wrapping; the command names itself once.
 func oneLine(err error) string {
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
-	for _, pkg := range []string{"asyncflow: ", "ic: "} {
+	for _, pkg := range []string{"asyncflow: ", "ic: ", "boltstore: "} {
 		msg = strings.TrimPrefix(msg, pkg)
 		msg = strings.ReplaceAll(msg, ": "+pkg, ": ")
 	}

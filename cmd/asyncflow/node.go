@@ -82,7 +82,11 @@ type nodeConfig struct {
 	id     identity.Identity
 	listen string
 	routes map[string]string
-	flow   asyncflow.Config
+	// store keeps the Flow's state; nil selects a memory store that the
+	// Flow owns. The node owns a store given here: it closes it after the
+	// Flow, and also when startNode fails.
+	store asyncflow.Store
+	flow  asyncflow.Config
 	// wrap, if set, wraps the outgoing transport.
 	wrap func(asyncflow.Transport) asyncflow.Transport
 	// onReject receives the endpoint's refusals.
@@ -94,6 +98,7 @@ type nodeConfig struct {
 type node struct {
 	id     identity.Identity
 	flow   *asyncflow.Flow
+	store  asyncflow.Store
 	server *http.Server
 	addr   net.Addr
 	served chan error
@@ -107,8 +112,15 @@ func loadIdentity(path string) (identity.Identity, error) {
 	return ic.LoadIdentity(path)
 }
 
-// startNode listens, starts the Flow and serves the endpoint.
-func startNode(cfg nodeConfig) (*node, error) {
+// startNode listens, starts the Flow on cfg.store and serves the
+// endpoint. On error it closes cfg.store.
+func startNode(cfg nodeConfig) (n *node, err error) {
+	defer func() {
+		if err != nil && cfg.store != nil {
+			err = errors.Join(err, cfg.store.Close())
+		}
+	}()
+
 	routes, err := ic.NewTransport(cfg.id, ic.TransportConfig{Routes: cfg.routes,
 		Logger: cfg.log})
 	if err != nil {
@@ -125,6 +137,7 @@ func startNode(cfg nodeConfig) (*node, error) {
 	}
 	fc := cfg.flow
 	fc.Transport = tr
+	fc.Store = cfg.store
 	fc.Logger = cfg.log
 	flow, err := asyncflow.New(fc)
 	if err != nil {
@@ -139,7 +152,8 @@ func startNode(cfg nodeConfig) (*node, error) {
 		return nil, err
 	}
 
-	n := &node{id: cfg.id, flow: flow, addr: ln.Addr(), served: make(chan error, 1)}
+	n = &node{id: cfg.id, flow: flow, store: cfg.store, addr: ln.Addr(),
+		served: make(chan error, 1)}
 	n.server = &http.Server{Handler: ep, ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
@@ -153,7 +167,8 @@ func (n *node) url() string {
 	return "http://" + n.addr.String()
 }
 
-// close stops serving, then stops the Flow.
+// close stops serving, then stops the Flow, then closes the store: the
+// Flow writes to its store until it has stopped.
 func (n *node) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -166,5 +181,9 @@ func (n *node) close() error {
 	if serr := <-n.served; !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
-	return errors.Join(err, n.flow.Close())
+	err = errors.Join(err, n.flow.Close())
+	if n.store != nil {
+		err = errors.Join(err, n.store.Close())
+	}
+	return err
 }

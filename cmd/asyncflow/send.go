@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
+	"maps"
 	"os"
-	"sync"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/aviate-labs/agent-go/identity"
@@ -28,15 +29,22 @@ type sendJob struct {
 	payload []byte
 	wait    time.Duration
 	retry   time.Duration
-	ev      *events
-	log     *slog.Logger
+	// store is where the messages are kept; storePath names its file, and
+	// is empty for a memory store.
+	store     asyncflow.Store
+	storePath string
+	ev        *events
+	log       *slog.Logger
+	stderr    io.Writer
 }
 
-// ackackWait bounds how long send waits for its ackack to be submitted.
+// ackackWait bounds how long send waits for its ackacks to be submitted.
 const ackackWait = 5 * time.Second
 
 // sendCmd sends one message, waits for its ack on --listen, prints the
-// "delivered" line, submits the ackack and exits.
+// "delivered" line, submits the ackack and exits. Before it sends, it
+// resumes what an earlier send left in the same store: messages still
+// pending to the same target are resent, and waited for like its own.
 func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) error {
 	fs := newFlags("send", stderr)
 	idPath := fs.String("identity", "", "PEM identity file (required)")
@@ -47,16 +55,21 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 	payloadHex := fs.String("payload-hex", "", "payload as hex")
 	payloadFile := fs.String("payload-file", "",
 		"file holding the payload bytes, - for standard input (instead of --payload-hex)")
-	wait := fs.Duration("wait", 30*time.Second, "give up when no ack arrived by then")
+	wait := fs.Duration("wait", 30*time.Second,
+		"give up when a message is not acked by then (a --store keeps it for the next send)")
 	retry := fs.Duration("retry-after", 5*time.Second,
 		"resend the message when no ack arrived after this long")
 	verbose := fs.Bool("v", false, "log debug detail to stderr")
+	storage := addStoreFlags(fs)
 	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if err := storage.check(); err != nil {
 		return err
 	}
 
 	job := sendJob{url: *url, listen: *listen, wait: *wait, retry: *retry, ev: ev,
-		log: newLogger(stderr, *verbose, slog.LevelWarn)}
+		log: newLogger(stderr, *verbose, slog.LevelWarn), stderr: stderr}
 	var err error
 	if job.target, err = sendTarget(*to, *url); err != nil {
 		return err
@@ -75,6 +88,10 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 		return err
 	}
 	if job.id, err = loadIdentity(*idPath); err != nil {
+		return err
+	}
+
+	if job.store, job.storePath, err = storage.open(job.id.Sender()); err != nil {
 		return err
 	}
 	return job.run(ctx)
@@ -128,28 +145,28 @@ func sendTarget(to, url string) (principal.Principal, error) {
 	return target, nil
 }
 
-type sendOutcome struct {
-	delivered *asyncflow.Delivery
-	corrupt   *asyncflow.Corruption
-}
+// run resumes what an earlier send left in the store, starts a node on
+// it, sends the message and waits until every message it is responsible
+// for is settled. The node closes the store.
+func (j sendJob) run(ctx context.Context) (err error) {
+	resumed, err := j.leftOver(ctx)
+	if err != nil {
+		return errors.Join(err, j.store.Close())
+	}
 
-// run starts a node, sends the message and waits for its outcome.
-func (j sendJob) run(ctx context.Context) error {
-	watch := newWatchTransport()
-	outcome := make(chan sendOutcome, 1)
+	w := newWatch(j.target, resumed)
 	n, err := startNode(nodeConfig{
 		id: j.id, listen: j.listen, routes: map[string]string{j.target.String(): j.url},
-		log: j.log, onReject: j.ev.rejected,
-		wrap: func(t asyncflow.Transport) asyncflow.Transport {
-			watch.next = t
-			return watch
-		},
+		store: w.wrapStore(j.store), log: j.log, onReject: j.ev.rejected,
+		wrap: w.wrapTransport,
 		flow: asyncflow.Config{
 			OnAck: func(_ context.Context, d asyncflow.Delivery) {
-				outcome <- sendOutcome{delivered: &d}
+				j.ev.delivered(d)
+				w.delivered(d.MsgID)
 			},
 			OnCorrupt: func(_ context.Context, c asyncflow.Corruption) {
-				outcome <- sendOutcome{corrupt: &c}
+				j.ev.corrupt(c)
+				w.corrupted(c)
 			},
 			OnReject:    j.ev.rejected,
 			RetryAfter:  j.retry,
@@ -159,120 +176,153 @@ func (j sendJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer n.close()
+	defer func() {
+		if cerr := n.close(); err == nil && cerr != nil {
+			err = fmt.Errorf("send: shutting down: %w", cerr)
+		}
+	}()
 
 	msgID, err := n.flow.CallAsync(ctx, j.target, j.payload)
 	if err != nil {
 		return err
 	}
+	w.expect(msgID)
 	j.log.Info("sent", "msg_id", msgID.String(), "to", j.target.String(), "ack_url", n.url())
 
+	if err := j.awaitSettled(ctx, w); err != nil {
+		return err
+	}
+	j.awaitAckAcks(ctx, w)
+	return w.corruptErr()
+}
+
+// leftOver reads what an earlier send left in the store, before a Flow
+// starts on it, and returns the messages this send is responsible for:
+// the acked ones, whose ack callbacks the Flow runs again when it starts,
+// and the pending ones to the target, which it makes due at once. Pending
+// messages to other principals stay as they are, with a warning: this
+// send has no route to them.
+func (j sendJob) leftOver(ctx context.Context) ([]asyncflow.MsgID, error) {
+	acked, err := j.store.ListOutgoing(ctx, asyncflow.OutAcked)
+	if err != nil {
+		return nil, fmt.Errorf("send: reading acked messages: %w", err)
+	}
+	pending, err := j.store.ListOutgoing(ctx, asyncflow.OutPending)
+	if err != nil {
+		return nil, fmt.Errorf("send: reading pending messages: %w", err)
+	}
+
+	var ids []asyncflow.MsgID
+	for _, m := range acked {
+		ids = append(ids, m.MsgID)
+	}
+	elsewhere := map[string]int{}
+	now := time.Now()
+	for _, m := range pending {
+		if !m.To.Equal(j.target) {
+			elsewhere[m.To.String()]++
+			continue
+		}
+		// Left due when it was, the message would wait for the retry delay
+		// of the send that left it, which may be longer than --wait.
+		m.NextSend = now
+		if err := j.store.PutOutgoing(ctx, m); err != nil {
+			return nil, fmt.Errorf("send: resuming message %s: %w", m.MsgID.Decimal(), err)
+		}
+		ids = append(ids, m.MsgID)
+	}
+
+	for _, to := range slices.Sorted(maps.Keys(elsewhere)) {
+		j.log.Warn("messages an earlier send left for another principal stay pending; "+
+			"a send --to that principal with this store resumes them",
+			"count", elsewhere[to], "to", to, "store", j.storePath)
+	}
+	if len(ids) > 0 {
+		fmt.Fprintf(j.stderr, "asyncflow: resuming %s left in %s by an earlier send\n",
+			count(len(ids), "message"), j.storePath)
+	}
+	return ids, nil
+}
+
+// awaitSettled waits until every message w expects is settled. It fails
+// when --wait passes, ctx ends, or the target refuses one of them for
+// good; the messages not settled stay pending in the store.
+func (j sendJob) awaitSettled(ctx context.Context, w *watch) error {
 	timer := time.NewTimer(j.wait)
 	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return fmt.Errorf("send: interrupted before message %s was acked", msgID.Decimal())
-	case <-timer.C:
-		return fmt.Errorf("send: no ack for message %s from %s within %s%s",
-			msgID.Decimal(), j.target, j.wait, watch.lastError())
-	case err := <-watch.refused:
-		return fmt.Errorf("send: %s refused message %s, and would refuse it again: %s",
-			j.target, msgID.Decimal(), err.Reason)
-	case o := <-outcome:
-		if o.corrupt != nil {
-			j.ev.corrupt(*o.corrupt)
-			_ = watch.awaitAckAck(ctx, ackackWait)
-			return fmt.Errorf("send: message %s was corrupted: hash %s expected, %s reported",
-				msgID.Decimal(), o.corrupt.Expected, o.corrupt.Got)
+
+	for {
+		open, refused, refusal := w.unsettled()
+		switch {
+		case refusal != nil:
+			return fmt.Errorf("send: %s refused message %s, and would refuse it again: %s%s",
+				j.target, refused.Decimal(), refusal.Reason, j.resumeNote(open))
+		case len(open) == 0:
+			return nil
 		}
-		j.ev.delivered(*o.delivered)
-	}
 
-	if err := watch.awaitAckAck(ctx, ackackWait); err != nil {
-		j.log.Warn("the ackack was not submitted; the receiver will resend its ack",
-			"msg_id", msgID.String(), "err", err)
-	}
-	return nil
-}
-
-// watchTransport passes calls on and notes what the send command waits
-// for: the submission of its ackack (send sends one message, so any
-// ackack is its), a refusal of its newMessage that a retry cannot change,
-// and the last error of its newMessage. The Flow itself warns of the
-// first.
-type watchTransport struct {
-	next    asyncflow.Transport
-	ackack  chan error
-	refused chan *ic.RefusedError
-
-	mu      sync.Mutex
-	lastErr error
-}
-
-func newWatchTransport() *watchTransport {
-	return &watchTransport{ackack: make(chan error, 1),
-		refused: make(chan *ic.RefusedError, 1)}
-}
-
-func (w *watchTransport) Route(to principal.Principal) error {
-	if r, ok := w.next.(asyncflow.Router); ok {
-		return r.Route(to)
-	}
-	return nil
-}
-
-func (w *watchTransport) Send(ctx context.Context, to principal.Principal, method string,
-	arg []byte) error {
-	err := w.next.Send(ctx, to, method, arg)
-
-	switch method {
-	case asyncflow.MethodNewMessage:
-		if err != nil {
-			w.mu.Lock()
-			w.lastErr = err
-			w.mu.Unlock()
-		}
-		if r, ok := errors.AsType[*ic.RefusedError](err); ok && permanent(r.Status) {
-			select {
-			case w.refused <- r:
-			default:
-			}
-		}
-	case asyncflow.MethodAckAck:
 		select {
-		case w.ackack <- err:
-		default:
+		case <-w.changed:
+		case <-ctx.Done():
+			return fmt.Errorf("send: interrupted before an ack for %s%s", messages(open),
+				j.resumeNote(open))
+		case <-timer.C:
+			return fmt.Errorf("send: no ack for %s from %s within %s%s%s", messages(open),
+				j.target, j.wait, w.lastError(), j.resumeNote(open))
 		}
 	}
-	return err
 }
 
-// permanent reports whether an HTTP status refuses a call for good: a
-// client error other than a timeout or a rate limit.
-func permanent(status int) bool {
-	return status >= 400 && status < 500 &&
-		status != http.StatusRequestTimeout && status != http.StatusTooManyRequests
-}
-
-func (w *watchTransport) lastError() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-
-	if w.lastErr == nil {
+// resumeNote tells where the messages open stay pending, for an error
+// that gives up on them. A memory store loses them.
+func (j sendJob) resumeNote(open []asyncflow.MsgID) string {
+	if j.storePath == "" || len(open) == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (last send: %v)", w.lastErr)
+	they, them := "they stay", "them"
+	if len(open) == 1 {
+		they, them = "it stays", "it"
+	}
+	return fmt.Sprintf("; %s pending in %s, and the next send with that store resends %s",
+		they, j.storePath, them)
 }
 
-// awaitAckAck waits for the ackack's submission and returns its error.
-func (w *watchTransport) awaitAckAck(ctx context.Context, limit time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
+// awaitAckAcks waits, at most ackackWait, until the ackack of every
+// message w expects was submitted, and warns of each that was not: its
+// receiver resends the ack until one arrives.
+func (j sendJob) awaitAckAcks(ctx context.Context, w *watch) {
+	ctx, cancel := context.WithTimeout(ctx, ackackWait)
 	defer cancel()
 
-	select {
-	case err := <-w.ackack:
-		return err
-	case <-ctx.Done():
-		return errors.New("the ackack was not submitted in time")
+	for !w.ackacksDone() && ctx.Err() == nil {
+		select {
+		case <-w.changed:
+		case <-ctx.Done():
+		}
 	}
+
+	for _, f := range w.ackackFailures() {
+		j.log.Warn("the ackack was not submitted; the receiver will resend its ack",
+			"msg_id", f.id.String(), "err", f.err)
+	}
+}
+
+// messages names message ids in an error.
+func messages(ids []asyncflow.MsgID) string {
+	if len(ids) == 1 {
+		return "message " + ids[0].Decimal()
+	}
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = id.Decimal()
+	}
+	return fmt.Sprintf("%d messages (%s)", len(ids), strings.Join(names, ", "))
+}
+
+// count renders n things, such as "1 message" or "2 messages".
+func count(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }

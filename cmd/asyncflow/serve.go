@@ -12,7 +12,10 @@ import (
 )
 
 // serveCmd runs a peer whose handler echoes each payload back as its ack
-// payload, until it is interrupted.
+// payload, until it is interrupted. It keeps its state in the store that
+// --store or --memory chooses, opened before it listens: a restarted serve
+// resends the acks still waiting for their ackack, and does not process a
+// message it processed before.
 func serveCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) error {
 	fs := newFlags("serve", stderr)
 	listen := fs.String("listen", "127.0.0.1:8080", "address to accept calls on")
@@ -22,7 +25,11 @@ func serveCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) 
 	retry := fs.Duration("retry-after", asyncflow.DefaultRetryAfter,
 		"wait this long for the next step before sending again")
 	verbose := fs.Bool("v", false, "log debug detail to stderr")
+	storage := addStoreFlags(fs)
 	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if err := storage.check(); err != nil {
 		return err
 	}
 	if err := checkListen("serve", *listen); err != nil {
@@ -36,9 +43,15 @@ func serveCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	store, _, err := storage.open(id.Sender())
+	if err != nil {
+		return err
+	}
+
 	log := newLogger(stderr, *verbose, slog.LevelWarn)
 	n, err := startNode(nodeConfig{
-		id: id, listen: *listen, routes: peers, log: log, onReject: ev.rejected,
+		id: id, listen: *listen, routes: peers, store: store, log: log,
+		onReject: ev.rejected,
 		flow: asyncflow.Config{
 			Handler:     echo,
 			OnAck:       func(_ context.Context, d asyncflow.Delivery) { ev.delivered(d) },
