@@ -59,15 +59,28 @@ func (s *Store) commitLoop() {
 // update applies changes in one transaction and commits it, turning a
 // panic in bbolt (a damaged page, or a fault on a file cut short under
 // its memory map) into an error.
+//
+// It does not use bbolt's Update: on a panic, that rolls back by reading
+// the freelist page again, which faults again on a file cut short and
+// leaves the writer lock held, so that every later write and Close hang.
+// tx.Rollback reads no page.
 func (s *Store) update(changes []change) (err error) {
-	defer recoverFault(&err)
+	tx, err := s.begin(true)
+	if err != nil {
+		return err
+	}
 
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, c := range changes {
-			if err := c.apply(tx); err != nil {
-				return err
-			}
+	defer func() {
+		if err != nil {
+			// After a failed Commit, bbolt has already rolled back.
+			_ = tx.Rollback()
 		}
-		return nil
-	})
+	}()
+	defer recoverFault(&err)
+	for _, c := range changes {
+		if err := c.apply(tx); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }

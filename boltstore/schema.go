@@ -3,6 +3,7 @@ package boltstore
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -41,13 +42,11 @@ var allBuckets = [][]byte{bucketMeta, bucketOut, bucketOutDue, bucketOutState, b
 // checkSchema creates the buckets of an empty file, and checks the schema
 // version of a file that has them.
 func checkSchema(db *bolt.DB, readOnly bool) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
 	defer recoverFault(&err)
 
-	var version uint32
-	err = db.View(func(tx *bolt.Tx) error {
-		version, err = readVersion(tx)
-		return err
-	})
+	version, err := viewVersion(db)
 	switch {
 	case err != nil:
 		return err
@@ -60,6 +59,19 @@ func checkSchema(db *bolt.DB, readOnly bool) (err error) {
 		return fmt.Errorf("%w: the file is empty, and read-only", ErrNotStore)
 	}
 	return db.Update(create)
+}
+
+// viewVersion reads the schema version in a read transaction that it
+// rolls back itself: bbolt's View would read pages again after a fault.
+func viewVersion(db *bolt.DB) (version uint32, err error) {
+	tx, err := db.Begin(false)
+	if err != nil {
+		return 0, err
+	}
+
+	defer func() { _ = tx.Rollback() }()
+	defer recoverFault(&err)
+	return readVersion(tx)
 }
 
 // readVersion returns the schema version, or 0 for a file with no buckets

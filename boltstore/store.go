@@ -16,6 +16,8 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -39,7 +41,9 @@ var (
 	ErrSchema = errors.New("boltstore: unknown schema version")
 
 	// ErrCorrupt is returned when the file's pages or records are damaged.
-	// The call that met the damage fails; nothing is changed by it.
+	// The call that met the damage fails; nothing is changed by it. A
+	// fault on the file's header pages, as when the file is cut short,
+	// fails that call and every later one.
 	ErrCorrupt = errors.New("boltstore: store is corrupt")
 
 	// ErrReadOnly is returned by a call that would change a store opened
@@ -68,7 +72,13 @@ type Options struct {
 // use by the goroutines of one process.
 type Store struct {
 	db       *bolt.DB
+	file     *os.File // the file db opened, for Close to release when db cannot
 	readOnly bool
+
+	// broken is set when a fault hit bbolt while it held its own locks,
+	// which then stay held: every later call fails with the error, and
+	// Close releases the file without bbolt.
+	broken atomic.Pointer[error]
 
 	// mu guards closed and the sends on changes, which Close closes.
 	mu      sync.RWMutex
@@ -91,48 +101,83 @@ func Open(path string, opts *Options) (*Store, error) {
 		o.LockTimeout = DefaultLockTimeout
 	}
 	if o.ReadOnly {
-		if _, err := os.Stat(path); err != nil {
+		info, err := os.Stat(path)
+		if err != nil {
 			return nil, fmt.Errorf("boltstore: %w", err)
+		}
+		// bbolt would try to write a new file's header, and fail.
+		if info.Size() == 0 {
+			return nil, fmt.Errorf("%w: %s is empty, and read-only", ErrNotStore, path)
 		}
 	}
 
-	db, err := openDB(path, o)
+	db, file, err := openDB(path, o)
 	if err != nil {
 		return nil, err
 	}
 	if err := checkSchema(db, o.ReadOnly); err != nil {
-		_ = db.Close()
+		if errors.Is(err, ErrCorrupt) {
+			// A fault may have left bbolt's locks held, and its Close
+			// would wait for them: release the file without it.
+			_ = unlock(file)
+			_ = file.Close()
+		} else {
+			_ = db.Close()
+		}
 		return nil, fmt.Errorf("%w: %s", err, path)
 	}
 
-	s := &Store{db: db, readOnly: o.ReadOnly,
+	s := &Store{db: db, file: file, readOnly: o.ReadOnly,
 		changes: make(chan change, maxBatch), stopped: make(chan struct{})}
 	go s.commitLoop()
 	return s, nil
 }
 
 // openDB opens the bbolt file, naming what went wrong in terms of a store.
-func openDB(path string, o Options) (db *bolt.DB, err error) {
+// It also returns the file bbolt opened.
+//
+// A panic inside bbolt's Open, on pages it cannot read, loses the DB
+// with the file still open: openDB releases its lock and closes it. bbolt
+// gives no way to unmap the file, so the map stays until the process
+// exits.
+func openDB(path string, o Options) (db *bolt.DB, file *os.File, err error) {
 	defer func() {
 		if r := recover(); r != nil {
+			if file != nil {
+				_ = unlock(file)
+				_ = file.Close()
+			}
+			db, file = nil, nil
 			err = fmt.Errorf("%w: %s: %v", ErrNotStore, path, r)
 		}
 	}()
 	old := debug.SetPanicOnFault(true)
 	defer debug.SetPanicOnFault(old)
 
+	openFile := func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		if err == nil {
+			file = f
+		}
+		return f, err
+	}
 	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout,
-		ReadOnly: o.ReadOnly})
+		ReadOnly: o.ReadOnly, OpenFile: openFile})
+
+	var errno syscall.Errno
 	switch {
 	case err == nil:
-		return db, nil
+		return db, file, nil
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("%w: %s is locked (waited %s)", ErrInUse, path, o.LockTimeout)
-	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch),
-		errors.Is(err, berrors.ErrChecksum):
-		return nil, fmt.Errorf("%w: %s: %v", ErrNotStore, path, err)
+		return nil, nil, fmt.Errorf("%w: %s is locked (waited %s)", ErrInUse, path,
+			o.LockTimeout)
+	case errors.As(err, &errno):
+		return nil, nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
-	return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
+	// bbolt's other errors are about what the file holds: no bbolt header
+	// (ErrInvalid, ErrChecksum, ErrVersionMismatch), or fewer bytes than
+	// the two header pages.
+	return nil, nil, fmt.Errorf("%w: %s: %v", ErrNotStore, path, err)
 }
 
 // Path returns the file the store is kept in.
@@ -154,6 +199,11 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 
 	<-s.stopped
+	if s.broken.Load() != nil {
+		// bbolt's Close would wait for the locks the fault left held. As
+		// after a panic in Open, the map stays until the process exits.
+		return errors.Join(unlock(s.file), s.file.Close())
+	}
 	return s.db.Close()
 }
 
@@ -194,10 +244,39 @@ func (s *Store) read(ctx context.Context, fn func(tx *bolt.Tx) error) (err error
 		return errClosed
 	}
 
-	defer recoverFault(&err)
 	old := debug.SetPanicOnFault(true)
 	defer debug.SetPanicOnFault(old)
-	return wrapErr(s.db.View(fn))
+	tx, err := s.begin(false)
+	if err != nil {
+		return err
+	}
+
+	// The rollback of a read reads no page, so it cannot fault.
+	defer func() { _ = tx.Rollback() }()
+	defer recoverFault(&err)
+	return wrapErr(fn(tx))
+}
+
+// begin starts a transaction on a goroutine that panics on a fault. A
+// fault while bbolt starts one, on header pages cut from the file, leaves
+// bbolt's locks held: the store is then broken, and begin fails at once.
+//
+// Known shortcoming: a call that entered bbolt just before such a fault
+// waits on those locks for ever, and Close waits for it.
+func (s *Store) begin(writable bool) (tx *bolt.Tx, err error) {
+	if broken := s.broken.Load(); broken != nil {
+		return nil, *broken
+	}
+
+	defer func() {
+		if r := recover(); r != nil {
+			broken := fmt.Errorf("%w: %v (every later call fails)", ErrCorrupt, r)
+			s.broken.Store(&broken)
+			tx, err = nil, broken
+		}
+	}()
+	tx, err = s.db.Begin(writable)
+	return tx, wrapErr(err)
 }
 
 // recoverFault turns a panic inside bbolt into an ErrCorrupt: bbolt panics

@@ -1,6 +1,7 @@
 package boltstore_test
 
 import (
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -10,7 +11,12 @@ import (
 	"github.com/asyncflow/asyncflow/storetest"
 )
 
+// TestMain runs the tests, or, in a child process that a test started
+// (see runChild), that child's job alone.
 func TestMain(m *testing.M) {
+	if job := os.Getenv(childEnv); job != "" {
+		os.Exit(runChildJob(job))
+	}
 	goleak.VerifyTestMain(m)
 }
 

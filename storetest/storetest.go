@@ -435,6 +435,7 @@ func testCopies(t *testing.T, s Suite) {
 	ctx := t.Context()
 
 	out := pending(id(1, 1), base)
+	out.To = principal.Principal{Raw: bytes.Clone(peerA.Raw)}
 	out.Ack = []byte("ack")
 	require.NoError(t, st.PutOutgoing(ctx, out))
 	out.Payload[0], out.To.Raw[0], out.Ack[0] = 'X', 9, 'X'
