@@ -107,6 +107,13 @@ func (f *Flow) handleNewMessage(ctx context.Context, caller principal.Principal,
 	rec, err := f.store.Incoming(ctx, caller, m.MsgID)
 	switch {
 	case errors.Is(err, ErrNotFound):
+		// The retry loop may have expired the record since the window was
+		// checked: a second look, after the lookup, sees it left.
+		err := checkWindow(m.MsgID, time.Now(), f.cfg.DedupWindow, f.cfg.MaxClockSkew)
+		if err != nil {
+			return f.refuse(Rejection{From: caller, MsgID: m.MsgID, HasMsgID: true,
+				Method: MethodNewMessage}, err)
+		}
 		return f.process(ctx, caller, m)
 	case err != nil:
 		return fmt.Errorf("asyncflow: reading message %s from %s: %w", m.MsgID, caller, err)
@@ -146,7 +153,10 @@ func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMes
 		Attempts:    1,
 		NextSend:    now.Add(f.cfg.RetryAfter),
 	}
-	if err := f.commit(ctx, rec); err != nil {
+	// The handler succeeded: its result is committed even if the caller
+	// gave up or the Flow is closing meanwhile, or the next retry would
+	// run the handler again.
+	if err := f.commit(context.WithoutCancel(ctx), rec); err != nil {
 		return err
 	}
 	f.poke()

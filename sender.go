@@ -165,7 +165,9 @@ func (f *Flow) finishAcked(ctx context.Context, rec Outgoing) {
 	if failed != nil {
 		return
 	}
-	if err := f.store.DeleteOutgoing(ctx, rec.MsgID); err != nil {
+	// The callback ran: forget the message even if ctx ended meanwhile,
+	// or the next Flow would run the callback again.
+	if err := f.store.DeleteOutgoing(context.WithoutCancel(ctx), rec.MsgID); err != nil {
 		f.log.Error("asyncflow: forgetting delivered message failed",
 			"msg_id", rec.MsgID.String(), "to", rec.To.String(), "err", err)
 	}
