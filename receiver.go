@@ -27,9 +27,14 @@ import (
 //
 // Handler errors are not returned: the call was valid, and the sender's
 // retry will bring the message back.
+//
+// The handler and the callbacks get ctx's values but not its cancellation:
+// a transport's request context ends when the peer stops waiting, and the
+// work a valid call started is finished and recorded all the same. Close
+// cancels them.
 func (f *Flow) Deliver(ctx context.Context, caller principal.Principal, method string,
 	arg []byte) error {
-	ctx, done, err := f.enter(ctx)
+	ctx, done, err := f.enter(context.WithoutCancel(ctx))
 	if err != nil {
 		return err
 	}

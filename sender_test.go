@@ -269,3 +269,27 @@ func TestAckedMessagesLeftByAnEarlierFlowRunTheirCallbackAgain(t *testing.T) {
 		require.ErrorIs(t, err, ErrNotFound)
 	})
 }
+
+// The request that carries an ack may end while the ack is handled: the
+// peer stopped waiting. The callback still runs with a live context, and
+// the message is forgotten; otherwise it would stay acked until a restart.
+func TestAckWhoseRequestEndsIsStillSettledAndForgotten(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, nil)
+		net.Down(bob)
+		id, err := a.flow.CallAsync(t.Context(), bob, []byte("x"))
+		require.NoError(t, err)
+		synctest.Wait()
+
+		var callbackErr error
+		a.flow.cfg.OnAck = func(ctx context.Context, _ Delivery) { callbackErr = ctx.Err() }
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		ack := Ack{MsgID: id, Hash: HashOf([]byte("x")), Payload: []byte("ok")}
+		require.NoError(t, a.flow.Deliver(ctx, bob, MethodAck, ack.AppendCandid(nil)))
+
+		require.NoError(t, callbackErr, "the callback's context outlives the request")
+		_, err = a.store.Outgoing(t.Context(), id)
+		require.ErrorIs(t, err, ErrNotFound, "the message was forgotten")
+	})
+}
