@@ -35,6 +35,11 @@ const DefaultDedupWindow = 24 * time.Hour
 // id's time may be: ICRC-1's permitted drift.
 const DefaultMaxClockSkew = 5 * time.Minute
 
+// DefaultSendWorkers is how many sends a Flow runs at once by default. A
+// send to a peer on a durable store lasts about that peer's fsync, so
+// fewer workers would leave its group commit with small batches.
+const DefaultSendWorkers = 64
+
 // Handler processes a new message from the principal from and returns the
 // ack payload: the answer the sender's ack callback receives. An error, a
 // panic or an answer over MaxPayload records nothing and sends no ack; the
@@ -109,7 +114,8 @@ type Config struct {
 	// shows it as absent.
 	StrictHash bool
 
-	// SendWorkers is how many sends run at once. Default 16.
+	// SendWorkers is how many sends run at once. Default
+	// DefaultSendWorkers.
 	SendWorkers int
 
 	// SendTimeout bounds one submission to the transport. Default 30 s.
@@ -176,8 +182,10 @@ type Flow struct {
 	wake   chan struct{}
 
 	// locks serialise the read-modify-write of one record; a record's
-	// lock is chosen by its id.
-	locks [64]sync.Mutex
+	// lock is chosen by its id's last two bytes, which are random. A lock
+	// is held across a durable write, so there are enough of them that
+	// unrelated records rarely wait for each other's fsync.
+	locks [4096]sync.Mutex
 
 	// mu guards closed; active counts the calls under way, which Close
 	// waits for.
@@ -255,7 +263,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.MaxClockSkew = DefaultMaxClockSkew
 	}
 	if cfg.SendWorkers == 0 {
-		cfg.SendWorkers = 16
+		cfg.SendWorkers = DefaultSendWorkers
 	}
 	if cfg.SendTimeout == 0 {
 		cfg.SendTimeout = 30 * time.Second
@@ -342,7 +350,8 @@ func (f *Flow) enter(ctx context.Context) (context.Context, func(), error) {
 
 // lockFor returns the lock that guards the records of id.
 func (f *Flow) lockFor(id MsgID) *sync.Mutex {
-	return &f.locks[id[len(id)-1]%byte(len(f.locks))]
+	n := int(id[len(id)-2])<<8 | int(id[len(id)-1])
+	return &f.locks[n%len(f.locks)]
 }
 
 // send queues one call that belongs to no record; the send workers

@@ -1,6 +1,7 @@
 package boltstore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -13,14 +14,17 @@ import (
 
 // The records are kept in a compact binary form of schema version 1:
 //
-//	outgoing: state u8 | attempts u32 | next-send i64 | ack-hash u8 u32 |
+//	outgoing: state u8 | attempts u32 | next-send u8 i64 | ack-hash u8 u32 |
 //	          to (uvarint length, bytes) | payload (same) | ack (same)
-//	incoming: state u8 | attempts u32 | next-send i64 | payload-hash u32 |
+//	incoming: state u8 | attempts u32 | next-send u8 i64 | payload-hash u32 |
 //	          ack (uvarint length, bytes)
 //
-// Integers are big-endian; next-send is Unix nanoseconds. The key holds the
-// id (and the caller), so the value does not repeat it. Decoding checks
-// every length, so a damaged value is an ErrCorrupt, never a panic.
+// Integers are big-endian. Next-send is a flag (0 for the zero time) and
+// Unix nanoseconds, which hold any time from 1678 to 2262; times outside
+// are clamped to those years. The key holds the id (and the caller), so
+// the value does not repeat it. Decoding checks every length, so a damaged
+// value is an ErrCorrupt, never a panic. The first 14 bytes, which the
+// indexes depend on, are at fixed offsets: see peekIndex.
 
 // maxPrincipal is the longest principal the IC defines.
 const maxPrincipal = 29
@@ -28,11 +32,14 @@ const maxPrincipal = 29
 // idLen is the length of a message id in keys.
 const idLen = 16
 
+// headLen is the length of the fixed head of both records: state,
+// attempts and next-send.
+const headLen = 14
+
 func encodeOutgoing(m asyncflow.Outgoing) []byte {
-	b := make([]byte, 0, 23+3*binary.MaxVarintLen32+len(m.To.Raw)+len(m.Payload)+len(m.Ack))
-	b = append(b, byte(m.State))
-	b = binary.BigEndian.AppendUint32(b, m.Attempts)
-	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(m.NextSend)))
+	b := make([]byte, 0, headLen+5+3*binary.MaxVarintLen32+len(m.To.Raw)+len(m.Payload)+
+		len(m.Ack))
+	b = appendHead(b, byte(m.State), m.Attempts, m.NextSend)
 	b = append(b, boolByte(m.AckHash.Valid))
 	b = binary.BigEndian.AppendUint32(b, m.AckHash.Value)
 	b = appendBytes(b, m.To.Raw)
@@ -45,7 +52,7 @@ func decodeOutgoing(id asyncflow.MsgID, v []byte) (asyncflow.Outgoing, error) {
 	m := asyncflow.Outgoing{MsgID: id}
 	m.State = asyncflow.OutState(d.byte())
 	m.Attempts = d.uint32()
-	m.NextSend = fromUnixNano(int64(d.uint64()))
+	m.NextSend = d.time()
 	m.AckHash.Valid = d.bool()
 	m.AckHash.Value = d.uint32()
 	m.To = principal.Principal{Raw: d.bytes(maxPrincipal)}
@@ -67,10 +74,8 @@ func decodeOutgoing(id asyncflow.MsgID, v []byte) (asyncflow.Outgoing, error) {
 }
 
 func encodeIncoming(m asyncflow.Incoming) []byte {
-	b := make([]byte, 0, 17+binary.MaxVarintLen32+len(m.Ack))
-	b = append(b, byte(m.State))
-	b = binary.BigEndian.AppendUint32(b, m.Attempts)
-	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(m.NextSend)))
+	b := make([]byte, 0, headLen+4+binary.MaxVarintLen32+len(m.Ack))
+	b = appendHead(b, byte(m.State), m.Attempts, m.NextSend)
 	b = binary.BigEndian.AppendUint32(b, m.PayloadHash)
 	return appendBytes(b, m.Ack)
 }
@@ -81,7 +86,7 @@ func decodeIncoming(key, v []byte) (asyncflow.Incoming, error) {
 	m := asyncflow.Incoming{MsgID: id, From: principal.Principal{Raw: from}}
 	m.State = asyncflow.InState(d.byte())
 	m.Attempts = d.uint32()
-	m.NextSend = fromUnixNano(int64(d.uint64()))
+	m.NextSend = d.time()
 	m.PayloadHash = d.uint32()
 	m.Ack = d.bytes(len(v))
 
@@ -97,6 +102,29 @@ func decodeIncoming(key, v []byte) (asyncflow.Incoming, error) {
 			ErrCorrupt, id, m.From, d.err)
 	}
 	return m, nil
+}
+
+// appendHead appends the fixed head of a record.
+func appendHead(b []byte, state byte, attempts uint32, next time.Time) []byte {
+	b = append(b, state)
+	b = binary.BigEndian.AppendUint32(b, attempts)
+	if next.IsZero() {
+		return append(b, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	}
+	b = append(b, 1)
+	return binary.BigEndian.AppendUint64(b, uint64(clampNano(next)))
+}
+
+// peekIndex reads what the indexes of a record depend on, its state and
+// next-send time, from the fixed head alone: a record damaged further on
+// can still be taken out of the indexes. ok is false for a head that is
+// itself damaged.
+func peekIndex(v []byte) (state byte, next time.Time, ok bool) {
+	if len(v) < headLen || v[5] > 1 {
+		return 0, time.Time{}, false
+	}
+	d := decoder{b: v[5:headLen]}
+	return v[0], d.time(), true
 }
 
 // The keys. A message id is 16 bytes whose first six are its ULID time, so
@@ -129,12 +157,20 @@ func dueKey(at time.Time, rec []byte) []byte {
 	return append(k, rec...)
 }
 
-// dueTime and dueRecord split a due key; ok is false for a damaged one.
+// splitDueKey splits a due key into its time and its record's key; ok is
+// false for a damaged one.
 func splitDueKey(k []byte) (at time.Time, rec []byte, ok bool) {
 	if len(k) < 8+idLen {
 		return time.Time{}, nil, false
 	}
-	return fromUnixNano(int64(binary.BigEndian.Uint64(k))), k[8:], true
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), k[8:], true
+}
+
+// keyTime returns the ULID time at the start of a record key.
+func keyTime(k []byte) time.Time {
+	var id asyncflow.MsgID
+	copy(id[:], k)
+	return id.Time()
 }
 
 // stateKey is state | id: the index that lists outgoing records by state.
@@ -142,24 +178,25 @@ func stateKey(s asyncflow.OutState, id asyncflow.MsgID) []byte {
 	return append([]byte{byte(s)}, id[:]...)
 }
 
-// unixNano maps a time to Unix nanoseconds, clamping times before 1970 to
-// zero so that due keys stay in order as unsigned numbers. Times after
-// 2262 do not fit and are clamped to the last nanosecond that does.
-func unixNano(t time.Time) int64 {
+// clampNano returns t in Unix nanoseconds, clamped to what an int64 holds.
+func clampNano(t time.Time) int64 {
 	switch {
-	case t.IsZero() || t.Unix() < 0:
-		return 0
+	case t.Unix() <= math.MinInt64/int64(time.Second):
+		return math.MinInt64
 	case t.Unix() >= math.MaxInt64/int64(time.Second):
 		return math.MaxInt64
 	}
 	return t.UnixNano()
 }
 
-func fromUnixNano(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
+// unixNano maps a time to the order of due keys: Unix nanoseconds, with
+// times before 1970 (the zero time among them) clamped to zero, so that
+// due keys sort as unsigned numbers.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() || t.Before(time.Unix(0, 0)) {
+		return 0
 	}
-	return time.Unix(0, n)
+	return clampNano(t)
 }
 
 func boolByte(v bool) byte {
@@ -228,6 +265,19 @@ func (d *decoder) uint64() uint64 {
 	return 0
 }
 
+// time reads a next-send time: a flag byte, then Unix nanoseconds.
+func (d *decoder) time() time.Time {
+	set := d.bool()
+	n := int64(d.uint64())
+	if !set {
+		if n != 0 && d.err == nil {
+			d.err = fmt.Errorf("zero time with nanoseconds %d", n)
+		}
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
 func (d *decoder) bytes(max int) []byte {
 	if d.err != nil {
 		return nil
@@ -243,4 +293,15 @@ func (d *decoder) bytes(max int) []byte {
 		return nil
 	}
 	return append([]byte(nil), v...)
+}
+
+// decodeAt decodes the record v at key rec of the bucket records, to see
+// whether it reads.
+func decodeAt(records, rec, v []byte) (any, error) {
+	if bytes.Equal(records, bucketOut) {
+		var id asyncflow.MsgID
+		copy(id[:], rec)
+		return decodeOutgoing(id, v)
+	}
+	return decodeIncoming(rec, v)
 }

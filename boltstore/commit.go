@@ -1,14 +1,29 @@
 package boltstore
 
 import (
+	"runtime"
 	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 )
 
-// maxBatch bounds the changes one transaction commits, so that one batch
-// of large payloads cannot hold the writer for long.
-const maxBatch = 1024
+// maxBatch and maxBatchBytes bound the changes one transaction commits,
+// so that one batch cannot hold the writer, or memory, for long.
+const (
+	maxBatch      = 1024
+	maxBatchBytes = 32 << 20
+)
+
+// fillPercent is how full bbolt fills a page it splits. Keys arrive in
+// nearly rising order (ids and due times grow), so pages rarely take a
+// key in their middle again, and bbolt's default of half full would
+// waste half of every page.
+const fillPercent = 0.9
+
+// lingerRounds is how many times the writer yields to let callers that
+// are about to queue a change join the batch, while the batch keeps
+// growing.
+const lingerRounds = 4
 
 // change is one store call's write, applied inside a shared transaction.
 // A failed batch is rolled back and run again one change at a time, so
@@ -16,6 +31,7 @@ const maxBatch = 1024
 type change struct {
 	apply func(tx *bolt.Tx) error
 	done  chan error
+	size  int
 }
 
 // commitLoop is the store's only writer. It takes the changes that queued
@@ -28,20 +44,19 @@ func (s *Store) commitLoop() {
 	defer close(s.stopped)
 
 	batch := make([]change, 0, maxBatch)
-	for c := range s.changes {
-		batch = append(batch[:0], c)
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case c, ok := <-s.changes:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, c)
-			default:
-				break drain
+	var next *change // taken from the queue, but over the last batch's budget
+	for {
+		if next != nil {
+			batch = append(batch[:0], *next)
+			next = nil
+		} else {
+			c, ok := <-s.changes
+			if !ok {
+				return
 			}
+			batch = append(batch[:0], c)
 		}
+		next = s.fill(&batch)
 
 		err := s.update(batch)
 		if err == nil || len(batch) == 1 {
@@ -54,6 +69,36 @@ func (s *Store) commitLoop() {
 			c.done <- s.update([]change{c})
 		}
 	}
+}
+
+// fill adds to batch the changes already queued, within the batch's
+// budget, and returns a change it took that would exceed the budget.
+func (s *Store) fill(batch *[]change) *change {
+	size := (*batch)[0].size
+	for round := 0; round <= lingerRounds; round++ {
+		before := len(*batch)
+	drain:
+		for len(*batch) < maxBatch {
+			select {
+			case c, ok := <-s.changes:
+				if !ok {
+					return nil
+				}
+				if size+c.size > maxBatchBytes {
+					return &c
+				}
+				*batch = append(*batch, c)
+				size += c.size
+			default:
+				break drain
+			}
+		}
+		if len(*batch) == before || len(*batch) == maxBatch {
+			return nil
+		}
+		runtime.Gosched()
+	}
+	return nil
 }
 
 // update applies changes in one transaction and commits it, turning a
@@ -77,6 +122,9 @@ func (s *Store) update(changes []change) (err error) {
 		}
 	}()
 	defer recoverFault(&err)
+	for _, name := range allBuckets {
+		tx.Bucket(name).FillPercent = fillPercent
+	}
 	for _, c := range changes {
 		if err := c.apply(tx); err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -51,6 +52,11 @@ const patience = 10 * time.Second
 // short opens stores with a short lock timeout, so that a failed Open
 // that left the file locked shows up as ErrInUse quickly.
 var short = &boltstore.Options{LockTimeout: lockTimeout}
+
+// quietOpts is short without the logs of damaged records that the tests
+// cause on purpose.
+var quietOpts = &boltstore.Options{LockTimeout: lockTimeout,
+	Logger: slog.New(slog.DiscardHandler)}
 
 var (
 	base = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -427,9 +433,24 @@ func spoil(t *testing.T, path, bucket string, key []byte, damage func([]byte) []
 	})
 }
 
-func TestDamagedOutgoingRecordIsErrCorrupt(t *testing.T) {
+// dueIDs returns the ids a due scan of st returns, failing on an error.
+func dueIDs(t *testing.T, st *boltstore.Store) []asyncflow.MsgID {
+	t.Helper()
+	list, err := st.DueOutgoing(t.Context(), base.Add(time.Hour), 100)
+	require.NoError(t, err, "a damaged record does not fail the scan")
+	var ids []asyncflow.MsgID
+	for _, m := range list {
+		ids = append(ids, m.MsgID)
+	}
+	return ids
+}
+
+// A damaged outgoing record fails the calls that read it, and only those:
+// the due scans skip it, so the other messages are still resent, and it
+// can be replaced or deleted.
+func TestDamagedOutgoingRecordFailsOnlyItsOwnReads(t *testing.T) {
 	damages := append(valueDamages, valueDamage{"ack-hash flag", func(v []byte) []byte {
-		v[13] = 7
+		v[14] = 7
 		return v
 	}})
 	for _, tt := range damages {
@@ -438,63 +459,118 @@ func TestDamagedOutgoingRecordIsErrCorrupt(t *testing.T) {
 			fill(t, path, 5, 10)
 			id := msgID(2)
 			spoil(t, path, "out", id[:], tt.damage)
-			bad := readFile(t, path)
 
-			st, err := boltstore.Open(path, short)
+			st, err := boltstore.Open(path, quietOpts)
 			require.NoError(t, err)
+			defer st.Close()
 			ctx := t.Context()
 			_, err = st.Outgoing(ctx, id)
 			require.ErrorIs(t, err, boltstore.ErrCorrupt, "Outgoing")
-			_, err = st.ListOutgoing(ctx, asyncflow.OutPending)
-			require.ErrorIs(t, err, boltstore.ErrCorrupt, "ListOutgoing")
-			_, err = st.DueOutgoing(ctx, base.Add(time.Hour), 10)
-			require.ErrorIs(t, err, boltstore.ErrCorrupt, "DueOutgoing")
-			// Replacing or removing the record needs its old index
-			// entries, which only the damaged value names.
-			require.ErrorIs(t, st.PutOutgoing(ctx, outgoing(2, 10)), boltstore.ErrCorrupt,
-				"PutOutgoing")
-			require.ErrorIs(t, st.DeleteOutgoing(ctx, id), boltstore.ErrCorrupt,
-				"DeleteOutgoing")
-			requireOutgoing(t, st, 1, 10)
-			require.NoError(t, st.Close())
+			want := []asyncflow.MsgID{msgID(0), msgID(1), msgID(3), msgID(4)}
+			require.Equal(t, want, dueIDs(t, st), "the others are still due")
+			require.Equal(t, want, dueIDs(t, st), "and the damaged one stays out")
+			pending, err := st.ListOutgoing(ctx, asyncflow.OutPending)
+			require.NoError(t, err, "ListOutgoing")
+			require.Len(t, pending, 4)
 
-			requireUnchanged(t, path, bad, "failed calls on a damaged record")
+			require.NoError(t, st.PutOutgoing(ctx, outgoing(2, 10)), "replacing it")
+			requireOutgoing(t, st, 2, 10)
+			require.Equal(t, []asyncflow.MsgID{msgID(0), msgID(1), id, msgID(3), msgID(4)},
+				dueIDs(t, st), "a replaced record is due once, at its new time")
 		})
 	}
 }
 
-func TestDamagedIncomingRecordIsErrCorrupt(t *testing.T) {
+func TestDamagedOutgoingRecordCanBeDeleted(t *testing.T) {
+	for _, tt := range valueDamages {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "store")
+			fill(t, path, 5, 10)
+			id := msgID(2)
+			spoil(t, path, "out", id[:], tt.damage)
+
+			st, err := boltstore.Open(path, quietOpts)
+			require.NoError(t, err)
+			defer st.Close()
+			require.NoError(t, st.DeleteOutgoing(t.Context(), id))
+
+			_, err = st.Outgoing(t.Context(), id)
+			require.ErrorIs(t, err, asyncflow.ErrNotFound)
+			require.Equal(t, []asyncflow.MsgID{msgID(0), msgID(1), msgID(3), msgID(4)},
+				dueIDs(t, st))
+			next, ok, err := st.NextDue(t.Context())
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.True(t, next.Equal(outgoing(0, 10).NextSend), "no entry of it is left")
+		})
+	}
+}
+
+// A damaged incoming record fails its own lookup; its ack is no longer
+// resent, it can be replaced, and it expires like the others.
+func TestDamagedIncomingRecordFailsOnlyItsOwnReads(t *testing.T) {
 	for _, tt := range valueDamages {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "store")
 			fill(t, path, 5, 10)
 			id := msgID(2)
 			spoil(t, path, "in", append(id[:], peer.Raw...), tt.damage)
-			bad := readFile(t, path)
 
-			st, err := boltstore.Open(path, short)
+			st, err := boltstore.Open(path, quietOpts)
 			require.NoError(t, err)
+			defer st.Close()
 			ctx := t.Context()
 			_, err = st.Incoming(ctx, peer, id)
 			require.ErrorIs(t, err, boltstore.ErrCorrupt, "Incoming")
-			_, err = st.DueIncoming(ctx, base.Add(time.Hour), 10)
-			require.ErrorIs(t, err, boltstore.ErrCorrupt, "DueIncoming")
-			require.ErrorIs(t, st.PutIncoming(ctx, incoming(2)), boltstore.ErrCorrupt,
-				"PutIncoming")
-			// Expiry removes records 0 and 1, meets the damage, and keeps
-			// all three: the call is one transaction.
-			_, err = st.ExpireIncoming(ctx, base.Add(time.Hour), 10)
-			require.ErrorIs(t, err, boltstore.ErrCorrupt, "ExpireIncoming")
-			_, err = st.Incoming(ctx, peer, msgID(0))
-			require.NoError(t, err, "a record before the damage")
-			require.NoError(t, st.Close())
+			due, err := st.DueIncoming(ctx, base.Add(time.Hour), 10)
+			require.NoError(t, err, "a damaged record does not fail the scan")
+			require.Len(t, due, 4)
+			for _, m := range due {
+				require.NotEqual(t, id, m.MsgID)
+			}
 
-			requireUnchanged(t, path, bad, "failed calls on a damaged record")
+			require.NoError(t, st.PutIncoming(ctx, incoming(2)), "replacing it")
+			due, err = st.DueIncoming(ctx, base.Add(time.Hour), 10)
+			require.NoError(t, err)
+			require.Len(t, due, 5, "a replaced record is due once")
+
+			n, err := st.ExpireIncoming(ctx, base.Add(time.Hour), 10)
+			require.NoError(t, err)
+			require.Equal(t, 5, n)
 		})
 	}
 }
 
-func TestDamagedIndexIsErrCorrupt(t *testing.T) {
+// Expiry reads a record's time from its key: a damaged record expires like
+// any other, and takes its due entry with it.
+func TestDamagedIncomingRecordExpires(t *testing.T) {
+	for _, tt := range valueDamages {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "store")
+			fill(t, path, 5, 10)
+			id := msgID(2)
+			spoil(t, path, "in", append(id[:], peer.Raw...), tt.damage)
+
+			st, err := boltstore.Open(path, quietOpts)
+			require.NoError(t, err)
+			defer st.Close()
+			n, err := st.ExpireIncoming(t.Context(), base.Add(time.Hour), 10)
+			require.NoError(t, err)
+			require.Equal(t, 5, n, "all five expired, the damaged one too")
+			_, ok, err := st.NextDue(t.Context())
+			require.NoError(t, err)
+			require.True(t, ok, "the outgoing records are still due")
+			due, err := st.DueIncoming(t.Context(), base.Add(time.Hour), 10)
+			require.NoError(t, err)
+			require.Empty(t, due, "no ack is resent")
+		})
+	}
+}
+
+// Index entries that name no record, or that cannot be read, are skipped
+// by the scans that meet them and then dropped, without failing the
+// scans: they would otherwise stop every resend.
+func TestDamagedIndexEntriesAreSkippedAndDropped(t *testing.T) {
 	dropRecord := func(tx *bolt.Tx) error {
 		id := msgID(2)
 		return tx.Bucket([]byte("out")).Delete(id[:])
@@ -504,29 +580,23 @@ func TestDamagedIndexIsErrCorrupt(t *testing.T) {
 		edit func(tx *bolt.Tx) error
 		call func(ctx context.Context, st *boltstore.Store) error
 	}{
-		{"state entry of a missing record", dropRecord,
-			func(ctx context.Context, st *boltstore.Store) error {
-				_, err := st.ListOutgoing(ctx, asyncflow.OutPending)
-				return err
-			}},
 		{"due entry of a missing record", dropRecord,
 			func(ctx context.Context, st *boltstore.Store) error {
 				_, err := st.DueOutgoing(ctx, base.Add(time.Hour), 10)
 				return err
 			}},
+		{"stale due entry", func(tx *bolt.Tx) error {
+			id := msgID(1)
+			key := binary.BigEndian.AppendUint64(nil, uint64(base.UnixNano()))
+			return tx.Bucket([]byte("out-due")).Put(append(key, id[:]...), nil)
+		}, func(ctx context.Context, st *boltstore.Store) error {
+			_, err := st.DueOutgoing(ctx, base.Add(time.Hour), 10)
+			return err
+		}},
 		{"short due key", func(tx *bolt.Tx) error {
 			return tx.Bucket([]byte("out-due")).Put([]byte{0, 0, 1}, nil)
 		}, func(ctx context.Context, st *boltstore.Store) error {
-			_, _, err := st.NextDue(ctx)
-			return err
-		}},
-		// The short key sorts first, so expiry meets it inside its write.
-		{"short incoming key", func(tx *bolt.Tx) error {
-			in := tx.Bucket([]byte("in"))
-			_, v := in.Cursor().First()
-			return in.Put([]byte{0, 0, 0}, bytes.Clone(v))
-		}, func(ctx context.Context, st *boltstore.Store) error {
-			_, err := st.ExpireIncoming(ctx, base.Add(time.Hour), 10)
+			_, err := st.DueOutgoing(ctx, base.Add(time.Hour), 10)
 			return err
 		}},
 	}
@@ -535,17 +605,38 @@ func TestDamagedIndexIsErrCorrupt(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "store")
 			fill(t, path, 5, 10)
 			editBolt(t, path, tt.edit)
-			bad := readFile(t, path)
 
-			st, err := boltstore.Open(path, short)
+			st, err := boltstore.Open(path, quietOpts)
 			require.NoError(t, err)
-			require.ErrorIs(t, tt.call(t.Context(), st), boltstore.ErrCorrupt)
+			defer st.Close()
+			require.NoError(t, tt.call(t.Context(), st))
+			next, ok, err := st.NextDue(t.Context())
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.True(t, next.Equal(outgoing(0, 10).NextSend),
+				"the damaged entry is gone from the front of the index: %s", next)
 			requireOutgoing(t, st, 1, 10)
-			require.NoError(t, st.Close())
-
-			requireUnchanged(t, path, bad, "a call that failed on a damaged index")
 		})
 	}
+}
+
+// A short incoming key, which no Put writes, is expired by its time like
+// the others rather than failing expiry.
+func TestShortIncomingKeyExpires(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	fill(t, path, 5, 10)
+	editBolt(t, path, func(tx *bolt.Tx) error {
+		in := tx.Bucket([]byte("in"))
+		_, v := in.Cursor().First()
+		return in.Put([]byte{0, 0, 0}, bytes.Clone(v))
+	})
+
+	st, err := boltstore.Open(path, quietOpts)
+	require.NoError(t, err)
+	defer st.Close()
+	n, err := st.ExpireIncoming(t.Context(), base.Add(time.Hour), 10)
+	require.NoError(t, err)
+	require.Equal(t, 6, n)
 }
 
 func TestFileCutShortWhileOpenIsErrCorrupt(t *testing.T) {
@@ -978,4 +1069,55 @@ func TestCancelledContextChangesNothing(t *testing.T) {
 
 	requireUnchanged(t, path, before, "calls with a cancelled context")
 	reopenAndCheck(t, path, 2, 10)
+}
+
+// A record in a state the store would not read back is refused, and
+// nothing is written: it would otherwise fail every read, and stop expiry.
+func TestPutRefusesAnUnknownState(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	fill(t, path, 2, 10)
+	before := readFile(t, path)
+
+	st, err := boltstore.Open(path, short)
+	require.NoError(t, err)
+	ctx := t.Context()
+	for _, state := range []asyncflow.OutState{0, asyncflow.OutCorrupt + 1} {
+		m := outgoing(5, 10)
+		m.State = state
+		require.ErrorIs(t, st.PutOutgoing(ctx, m), boltstore.ErrInvalidRecord)
+	}
+	for _, state := range []asyncflow.InState{0, asyncflow.InDone + 1} {
+		m := incoming(5)
+		m.State = state
+		require.ErrorIs(t, st.PutIncoming(ctx, m), boltstore.ErrInvalidRecord)
+	}
+	require.NoError(t, st.Close())
+
+	requireUnchanged(t, path, before, "refused puts")
+}
+
+// A store opened with an Owner belongs to that principal: another owner
+// is refused before anything is read or written, while an Open that names
+// no owner is not checked.
+func TestOwnerTiesTheStoreToOnePrincipal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	alice := principal.Principal{Raw: []byte{0, 0, 0, 0, 0, 0, 0, 0xa, 1, 1}}
+	bob := principal.Principal{Raw: []byte{0, 0, 0, 0, 0, 0, 0, 0xb, 1, 1}}
+	open := func(owner principal.Principal, readOnly bool) error {
+		st, err := boltstore.Open(path, &boltstore.Options{LockTimeout: lockTimeout,
+			Owner: owner, ReadOnly: readOnly})
+		if err == nil {
+			require.NoError(t, st.Close())
+		}
+		return err
+	}
+
+	require.NoError(t, open(principal.Principal{}, false), "no owner yet, none named")
+	require.NoError(t, open(alice, false), "the first owner is recorded")
+	require.NoError(t, open(alice, false), "and accepted again")
+	before := readFile(t, path)
+	require.ErrorIs(t, open(bob, false), boltstore.ErrOwner)
+	require.ErrorIs(t, open(bob, true), boltstore.ErrOwner, "read-only too")
+	requireUnchanged(t, path, before, "refused opens")
+	require.NoError(t, open(principal.Principal{}, false), "an Open naming no owner")
 }

@@ -1,10 +1,12 @@
 package boltstore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"runtime/debug"
 
+	"github.com/aviate-labs/agent-go/principal"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -21,14 +23,17 @@ const SchemaVersion = 1
 
 // The buckets of schema version 1.
 var (
-	// bucketMeta holds the schema version under keySchema.
+	// bucketMeta holds the schema version under keySchema, and the
+	// principal the store belongs to, if one was named, under keyOwner.
 	bucketMeta = []byte("meta")
 	keySchema  = []byte("schema")
+	keyOwner   = []byte("owner")
 	// bucketOut maps an id to the sender's record.
 	bucketOut = []byte("out")
 	// bucketOutDue indexes pending records by next-send time.
 	bucketOutDue = []byte("out-due")
-	// bucketOutState indexes the sender's records by state.
+	// bucketOutState indexes the sender's acked and corrupt records by
+	// state; pending ones are all in bucketOutDue.
 	bucketOutState = []byte("out-state")
 	// bucketIn maps id | caller to the receiver's record.
 	bucketIn = []byte("in")
@@ -106,6 +111,35 @@ func readVersion(tx *bolt.Tx) (uint32, error) {
 		}
 	}
 	return version, nil
+}
+
+// checkOwner records owner as the store's principal if it has none, and
+// refuses a store that belongs to another. An empty owner checks nothing.
+func checkOwner(db *bolt.DB, owner principal.Principal, readOnly bool) (err error) {
+	if len(owner.Raw) == 0 {
+		return nil
+	}
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	defer recoverFault(&err)
+
+	var held []byte
+	err = db.View(func(tx *bolt.Tx) error {
+		held = bytes.Clone(tx.Bucket(bucketMeta).Get(keyOwner))
+		return nil
+	})
+	switch {
+	case err != nil:
+		return err
+	case held == nil && !readOnly:
+		return db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(keyOwner, owner.Raw)
+		})
+	case held != nil && !bytes.Equal(held, owner.Raw):
+		return fmt.Errorf("%w: it belongs to %s, not %s", ErrOwner,
+			principal.Principal{Raw: held}, owner)
+	}
+	return nil
 }
 
 // create writes the buckets and the schema version into an empty file.

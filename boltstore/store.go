@@ -13,8 +13,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -49,6 +54,15 @@ var (
 	// ErrReadOnly is returned by a call that would change a store opened
 	// with Options.ReadOnly.
 	ErrReadOnly = errors.New("boltstore: store is read-only")
+
+	// ErrOwner is returned by Open when Options.Owner names a principal
+	// other than the one the store belongs to.
+	ErrOwner = errors.New("boltstore: store belongs to another principal")
+
+	// ErrInvalidRecord is returned for a record the store would not read
+	// back as it was given, such as one in an unknown state. Nothing is
+	// written.
+	ErrInvalidRecord = errors.New("boltstore: invalid record")
 )
 
 // DefaultLockTimeout is how long Open waits for another process to
@@ -66,6 +80,17 @@ type Options struct {
 	// that would change a record fails with ErrReadOnly. The file must
 	// already be a store.
 	ReadOnly bool
+
+	// Owner, when set, ties the store to one principal: the first Open
+	// with an Owner records it, and an Open with another fails with
+	// ErrOwner. A store's messages are its principal's: sent again under
+	// another identity, they would be new messages to their receivers,
+	// which keep their records per caller, and be processed again.
+	Owner principal.Principal
+
+	// Logger receives what the store reports on its own: damaged records
+	// that a scan skipped. Default: slog.Default().
+	Logger *slog.Logger
 }
 
 // Store is an asyncflow.Store in a bbolt file. It is safe for concurrent
@@ -74,6 +99,7 @@ type Store struct {
 	db       *bolt.DB
 	file     *os.File // the file db opened, for Close to release when db cannot
 	readOnly bool
+	log      *slog.Logger
 
 	// broken is set when a fault hit bbolt while it held its own locks,
 	// which then stay held: every later call fails with the error, and
@@ -90,7 +116,8 @@ type Store struct {
 var _ asyncflow.Store = (*Store)(nil)
 
 // Open opens the store in the file at path, creating it if it does not
-// exist. It reads only the file's header and schema version, however many
+// exist; a file it creates is synced into its folder before Open returns.
+// It reads only the file's header, schema version and owner, however many
 // records the store holds.
 func Open(path string, opts *Options) (*Store, error) {
 	var o Options
@@ -100,6 +127,15 @@ func Open(path string, opts *Options) (*Store, error) {
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = DefaultLockTimeout
 	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if len(o.Owner.Raw) > maxPrincipal {
+		return nil, fmt.Errorf("%w: owner of %d bytes", asyncflow.ErrInvalidPrincipal,
+			len(o.Owner.Raw))
+	}
+	_, statErr := os.Stat(path)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	if o.ReadOnly {
 		info, err := os.Stat(path)
 		if err != nil {
@@ -115,7 +151,14 @@ func Open(path string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSchema(db, o.ReadOnly); err != nil {
+	err = checkSchema(db, o.ReadOnly)
+	if err == nil {
+		err = checkOwner(db, o.Owner, o.ReadOnly)
+	}
+	if err == nil && created {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
 			// A fault may have left bbolt's locks held, and its Close
 			// would wait for them: release the file without it.
@@ -127,7 +170,7 @@ func Open(path string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("%w: %s", err, path)
 	}
 
-	s := &Store{db: db, file: file, readOnly: o.ReadOnly,
+	s := &Store{db: db, file: file, readOnly: o.ReadOnly, log: o.Logger,
 		changes: make(chan change, maxBatch), stopped: make(chan struct{})}
 	go s.commitLoop()
 	return s, nil
@@ -209,10 +252,11 @@ func (s *Store) Close() error {
 
 var errClosed = fmt.Errorf("%w: bolt store", asyncflow.ErrClosed)
 
-// write commits apply in the next batch and waits until it is synced. The
-// context is checked only before the change is queued: once queued, the
-// change may commit, and the call waits to report whether it did.
-func (s *Store) write(ctx context.Context, apply func(tx *bolt.Tx) error) error {
+// write commits apply, which writes about size bytes, in the next batch
+// and waits until it is synced. The context counts only until the change
+// is queued: once queued, the change may commit, and the call waits to
+// report whether it did.
+func (s *Store) write(ctx context.Context, size int, apply func(tx *bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -226,7 +270,12 @@ func (s *Store) write(ctx context.Context, apply func(tx *bolt.Tx) error) error 
 		s.mu.RUnlock()
 		return errClosed
 	}
-	s.changes <- change{apply: apply, done: done}
+	select {
+	case s.changes <- change{apply: apply, done: done, size: size}:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
 	s.mu.RUnlock()
 
 	return wrapErr(<-done)
@@ -301,46 +350,54 @@ func wrapErr(err error) error {
 	return err
 }
 
-// PutOutgoing implements asyncflow.Store.
+// PutOutgoing implements asyncflow.Store. A pending record is indexed by
+// its due time, an acked or corrupt one by its state.
 func (s *Store) PutOutgoing(ctx context.Context, m asyncflow.Outgoing) error {
 	if err := checkPrincipal(m.To); err != nil {
 		return err
 	}
+	if m.State < asyncflow.OutPending || m.State > asyncflow.OutCorrupt {
+		return fmt.Errorf("%w: outgoing message %s in state %d", ErrInvalidRecord, m.MsgID,
+			m.State)
+	}
 	val := encodeOutgoing(m)
-	return s.write(ctx, func(tx *bolt.Tx) error {
-		out, due, state := tx.Bucket(bucketOut), tx.Bucket(bucketOutDue),
-			tx.Bucket(bucketOutState)
-		if err := unindexOutgoing(out, due, state, m.MsgID); err != nil {
+	return s.write(ctx, len(val), func(tx *bolt.Tx) error {
+		out := tx.Bucket(bucketOut)
+		if err := unindexOutgoing(tx, out.Get(outKey(m.MsgID)), m.MsgID); err != nil {
 			return err
 		}
 		if err := out.Put(outKey(m.MsgID), val); err != nil {
 			return err
 		}
-		if err := state.Put(stateKey(m.State, m.MsgID), nil); err != nil {
-			return err
-		}
 		if m.State == asyncflow.OutPending {
-			return due.Put(dueKey(m.NextSend, outKey(m.MsgID)), nil)
+			return tx.Bucket(bucketOutDue).Put(dueKey(m.NextSend, outKey(m.MsgID)), nil)
 		}
-		return nil
+		return tx.Bucket(bucketOutState).Put(stateKey(m.State, m.MsgID), nil)
 	})
 }
 
-// unindexOutgoing removes the index entries of id's current record, if
-// there is one.
-func unindexOutgoing(out, due, state *bolt.Bucket, id asyncflow.MsgID) error {
-	v := out.Get(outKey(id))
+// unindexOutgoing removes the index entries of the record v of id, if
+// there is one. It reads only the record's head, so that a record damaged
+// further on can still be replaced or deleted; with the head damaged too,
+// it looks for the record's entries in every index.
+func unindexOutgoing(tx *bolt.Tx, v []byte, id asyncflow.MsgID) error {
 	if v == nil {
 		return nil
 	}
-	old, err := decodeOutgoing(id, v)
-	if err != nil {
-		return err
+	state, next, ok := peekIndex(v)
+	if !ok {
+		states := tx.Bucket(bucketOutState)
+		for _, st := range []asyncflow.OutState{asyncflow.OutAcked, asyncflow.OutCorrupt} {
+			if err := states.Delete(stateKey(st, id)); err != nil {
+				return err
+			}
+		}
+		return dropDueOf(tx.Bucket(bucketOutDue), outKey(id))
 	}
-	if err := state.Delete(stateKey(old.State, id)); err != nil {
-		return err
+	if asyncflow.OutState(state) == asyncflow.OutPending {
+		return tx.Bucket(bucketOutDue).Delete(dueKey(next, outKey(id)))
 	}
-	return due.Delete(dueKey(old.NextSend, outKey(id)))
+	return tx.Bucket(bucketOutState).Delete(stateKey(asyncflow.OutState(state), id))
 }
 
 // Outgoing implements asyncflow.Store.
@@ -358,30 +415,39 @@ func (s *Store) Outgoing(ctx context.Context, id asyncflow.MsgID) (asyncflow.Out
 	return m, err
 }
 
-// DeleteOutgoing implements asyncflow.Store.
+// DeleteOutgoing implements asyncflow.Store. It removes a damaged record
+// too: forgetting it is how a user clears one.
 func (s *Store) DeleteOutgoing(ctx context.Context, id asyncflow.MsgID) error {
-	return s.write(ctx, func(tx *bolt.Tx) error {
+	return s.write(ctx, 0, func(tx *bolt.Tx) error {
 		out := tx.Bucket(bucketOut)
-		err := unindexOutgoing(out, tx.Bucket(bucketOutDue), tx.Bucket(bucketOutState), id)
-		if err != nil {
+		if err := unindexOutgoing(tx, out.Get(outKey(id)), id); err != nil {
 			return err
 		}
 		return out.Delete(outKey(id))
 	})
 }
 
-// ListOutgoing implements asyncflow.Store. It reads only the records in
-// state st, through the state index.
+// ListOutgoing implements asyncflow.Store. Acked and corrupt records are
+// read through the state index; pending ones through the due index, whose
+// entries are then sorted by id.
 func (s *Store) ListOutgoing(
 	ctx context.Context, st asyncflow.OutState,
 ) ([]asyncflow.Outgoing, error) {
+	if st == asyncflow.OutPending {
+		list, err := s.DueOutgoing(ctx, time.Unix(0, math.MaxInt64), math.MaxInt)
+		slices.SortFunc(list, func(a, b asyncflow.Outgoing) int {
+			return a.MsgID.Compare(b.MsgID)
+		})
+		return list, err
+	}
+
 	var list []asyncflow.Outgoing
 	err := s.read(ctx, func(tx *bolt.Tx) error {
 		out := tx.Bucket(bucketOut)
 		c := tx.Bucket(bucketOutState).Cursor()
 		prefix := []byte{byte(st)}
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			m, err := s.outgoingAt(out, k[1:])
+			m, err := outgoingAt(out, k[1:])
 			if err != nil {
 				return err
 			}
@@ -393,7 +459,7 @@ func (s *Store) ListOutgoing(
 }
 
 // outgoingAt reads the record an index entry names.
-func (s *Store) outgoingAt(out *bolt.Bucket, key []byte) (asyncflow.Outgoing, error) {
+func outgoingAt(out *bolt.Bucket, key []byte) (asyncflow.Outgoing, error) {
 	var id asyncflow.MsgID
 	if len(key) != idLen {
 		return asyncflow.Outgoing{}, fmt.Errorf("%w: index key of %d bytes", ErrCorrupt,
@@ -409,39 +475,130 @@ func (s *Store) outgoingAt(out *bolt.Bucket, key []byte) (asyncflow.Outgoing, er
 }
 
 // DueOutgoing implements asyncflow.Store. It reads only the due entries.
+// An entry whose record is missing or damaged is logged, skipped and
+// dropped from the index, so that it cannot stop the others' resends.
 func (s *Store) DueOutgoing(
 	ctx context.Context, now time.Time, limit int,
 ) ([]asyncflow.Outgoing, error) {
 	var list []asyncflow.Outgoing
+	var damaged []damagedEntry
 	err := s.read(ctx, func(tx *bolt.Tx) error {
 		out := tx.Bucket(bucketOut)
-		return scanDue(tx.Bucket(bucketOutDue), now, limit, func(rec []byte) error {
-			m, err := s.outgoingAt(out, rec)
-			list = append(list, m)
+		var err error
+		damaged, err = scanDue(tx.Bucket(bucketOutDue), now, limit, func(k, rec []byte) error {
+			m, err := outgoingAt(out, rec)
+			if err == nil && !liveDue(k, out.Get(rec), byte(asyncflow.OutPending)) {
+				err = fmt.Errorf("%w: stale due entry of message %s", ErrCorrupt, m.MsgID)
+			}
+			if err == nil {
+				list = append(list, m)
+			}
 			return err
 		})
+		return err
 	})
-	return list, err
+	if err != nil {
+		return nil, err
+	}
+	s.dropDamaged(ctx, bucketOutDue, bucketOut, byte(asyncflow.OutPending), damaged)
+	return list, nil
 }
 
-// scanDue visits the records of up to limit due entries not after now,
-// earliest first.
-func scanDue(due *bolt.Bucket, now time.Time, limit int, visit func(rec []byte) error) error {
+// dropDueOf removes every due entry of the record key rec. It reads the
+// whole index, and serves only records whose head is damaged.
+func dropDueOf(due *bolt.Bucket, rec []byte) error {
+	c := due.Cursor()
+	for k, _ := c.First(); k != nil; {
+		if _, r, ok := splitDueKey(k); !ok || !bytes.Equal(r, rec) {
+			k, _ = c.Next()
+			continue
+		}
+		at := bytes.Clone(k)
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		k, _ = c.Seek(at)
+	}
+	return nil
+}
+
+// liveDue reports whether the due entry k still describes its record v: v
+// is in the resent state, and due at k's time.
+func liveDue(k, v []byte, resent byte) bool {
+	_, rec, okKey := splitDueKey(k)
+	state, next, okHead := peekIndex(v)
+	return okKey && okHead && state == resent && bytes.Equal(dueKey(next, rec), k)
+}
+
+// damagedEntry is a due entry whose record could not be read.
+type damagedEntry struct {
+	key []byte
+	err error
+}
+
+// scanDue visits up to limit due entries not after now, earliest first,
+// with their record keys. The entries whose visit fails with ErrCorrupt
+// are returned, and not counted in the limit.
+func scanDue(due *bolt.Bucket, now time.Time, limit int,
+	visit func(k, rec []byte) error) ([]damagedEntry, error) {
+	var damaged []damagedEntry
 	c := due.Cursor()
 	for k, _ := c.First(); k != nil && limit > 0; k, _ = c.Next() {
 		at, rec, ok := splitDueKey(k)
+		var err error
 		switch {
 		case !ok:
-			return fmt.Errorf("%w: due key of %d bytes", ErrCorrupt, len(k))
+			err = fmt.Errorf("%w: due key of %d bytes", ErrCorrupt, len(k))
 		case at.After(now):
-			return nil
+			return damaged, nil
+		default:
+			err = visit(k, rec)
 		}
-		if err := visit(rec); err != nil {
-			return err
+		switch {
+		case errors.Is(err, ErrCorrupt):
+			damaged = append(damaged, damagedEntry{key: bytes.Clone(k), err: err})
+		case err != nil:
+			return damaged, err
+		default:
+			limit--
 		}
-		limit--
 	}
-	return nil
+	return damaged, nil
+}
+
+// dropDamaged logs the due entries a scan could not read, and removes
+// them from the index unless their record was meanwhile rewritten to
+// match: a damaged record itself stays, for inspection and deletion.
+func (s *Store) dropDamaged(ctx context.Context, index, records []byte, resent byte,
+	damaged []damagedEntry) {
+	if len(damaged) == 0 {
+		return
+	}
+	for _, d := range damaged {
+		s.log.Error("boltstore: a damaged record is no longer resent; deleting it clears it",
+			"path", s.Path(), "index", string(index), "key", fmt.Sprintf("%x", d.key),
+			"err", d.err)
+	}
+
+	err := s.write(ctx, 0, func(tx *bolt.Tx) error {
+		due, recs := tx.Bucket(index), tx.Bucket(records)
+		for _, d := range damaged {
+			_, rec, ok := splitDueKey(d.key)
+			if ok && liveDue(d.key, recs.Get(rec), resent) {
+				if _, err := decodeAt(records, rec, recs.Get(rec)); err == nil {
+					continue
+				}
+			}
+			if err := due.Delete(d.key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("boltstore: dropping damaged index entries failed", "path", s.Path(),
+			"err", err)
+	}
 }
 
 // PutIncoming implements asyncflow.Store.
@@ -449,10 +606,14 @@ func (s *Store) PutIncoming(ctx context.Context, m asyncflow.Incoming) error {
 	if err := checkPrincipal(m.From); err != nil {
 		return err
 	}
+	if m.State < asyncflow.InAcking || m.State > asyncflow.InDone {
+		return fmt.Errorf("%w: incoming message %s in state %d", ErrInvalidRecord, m.MsgID,
+			m.State)
+	}
 	key, val := inKey(m.From, m.MsgID), encodeIncoming(m)
-	return s.write(ctx, func(tx *bolt.Tx) error {
+	return s.write(ctx, len(val), func(tx *bolt.Tx) error {
 		in, due := tx.Bucket(bucketIn), tx.Bucket(bucketInDue)
-		if err := unindexIncoming(in, due, key); err != nil {
+		if err := unindexIncoming(due, key, in.Get(key)); err != nil {
 			return err
 		}
 		if err := in.Put(key, val); err != nil {
@@ -465,17 +626,21 @@ func (s *Store) PutIncoming(ctx context.Context, m asyncflow.Incoming) error {
 	})
 }
 
-// unindexIncoming removes the due entry of the record at key, if any.
-func unindexIncoming(in, due *bolt.Bucket, key []byte) error {
-	v := in.Get(key)
+// unindexIncoming removes the due entry of the record v at key, if any,
+// reading only the record's head; with the head damaged, it looks for the
+// entry in the whole index.
+func unindexIncoming(due *bolt.Bucket, key, v []byte) error {
 	if v == nil {
 		return nil
 	}
-	old, err := decodeIncoming(key, v)
-	if err != nil {
-		return err
+	state, next, ok := peekIndex(v)
+	switch {
+	case !ok:
+		return dropDueOf(due, key)
+	case asyncflow.InState(state) != asyncflow.InAcking:
+		return nil
 	}
-	return due.Delete(dueKey(old.NextSend, key))
+	return due.Delete(dueKey(next, key))
 }
 
 // Incoming implements asyncflow.Store.
@@ -497,43 +662,62 @@ func (s *Store) Incoming(
 	return m, err
 }
 
-// DueIncoming implements asyncflow.Store. It reads only the due entries.
+// DueIncoming implements asyncflow.Store. It reads only the due entries,
+// and handles damaged ones as DueOutgoing does.
 func (s *Store) DueIncoming(
 	ctx context.Context, now time.Time, limit int,
 ) ([]asyncflow.Incoming, error) {
 	var list []asyncflow.Incoming
+	var damaged []damagedEntry
 	err := s.read(ctx, func(tx *bolt.Tx) error {
 		in := tx.Bucket(bucketIn)
-		return scanDue(tx.Bucket(bucketInDue), now, limit, func(rec []byte) error {
+		var err error
+		damaged, err = scanDue(tx.Bucket(bucketInDue), now, limit, func(k, rec []byte) error {
 			v := in.Get(rec)
 			if v == nil {
 				return fmt.Errorf("%w: due index names a missing record", ErrCorrupt)
 			}
 			m, err := decodeIncoming(rec, v)
-			list = append(list, m)
+			if err == nil && !liveDue(k, v, byte(asyncflow.InAcking)) {
+				err = fmt.Errorf("%w: stale due entry of message %s", ErrCorrupt, m.MsgID)
+			}
+			if err == nil {
+				list = append(list, m)
+			}
 			return err
 		})
+		return err
 	})
-	return list, err
+	if err != nil {
+		return nil, err
+	}
+	s.dropDamaged(ctx, bucketInDue, bucketIn, byte(asyncflow.InAcking), damaged)
+	return list, nil
 }
 
 // ExpireIncoming implements asyncflow.Store: a range scan from the oldest
-// key, which reads nothing but the records it removes.
+// key, which reads nothing but the records it removes, and whose times
+// it takes from their keys, so a damaged record expires like the others.
+// With nothing to expire it writes nothing.
 func (s *Store) ExpireIncoming(ctx context.Context, before time.Time, limit int) (int, error) {
+	expired := func(k []byte) bool { return k != nil && keyTime(k).Before(before) }
+	var any bool
+	err := s.read(ctx, func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketIn).Cursor().First()
+		any = expired(k)
+		return nil
+	})
+	if err != nil || !any || limit <= 0 {
+		return 0, err
+	}
+
 	var n int
-	err := s.write(ctx, func(tx *bolt.Tx) error {
+	err = s.write(ctx, 0, func(tx *bolt.Tx) error {
 		n = 0
-		in, due := tx.Bucket(bucketIn), tx.Bucket(bucketInDue)
-		c := in.Cursor()
-		for k, v := c.First(); k != nil && n < limit; k, v = c.First() {
-			m, err := decodeIncoming(k, v)
-			if err != nil {
-				return err
-			}
-			if !m.MsgID.Time().Before(before) {
-				return nil
-			}
-			if err := due.Delete(dueKey(m.NextSend, k)); err != nil {
+		due := tx.Bucket(bucketInDue)
+		c := tx.Bucket(bucketIn).Cursor()
+		for k, v := c.First(); expired(k) && n < limit; k, v = c.First() {
+			if err := unindexIncoming(due, k, v); err != nil {
 				return err
 			}
 			if err := c.Delete(); err != nil {

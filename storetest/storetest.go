@@ -156,6 +156,16 @@ func testOutgoingRoundTrip(t *testing.T, s Suite) {
 		equalOut(t, m, got)
 	}
 
+	// Due times as far as Unix nanoseconds reach, either side of 1970.
+	for i, at := range []time.Time{time.Date(1969, 7, 20, 20, 17, 0, 0, time.UTC),
+		time.Unix(0, 0), time.Unix(0, 1), time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		m := pending(id(3+i, 1), at)
+		require.NoError(t, st.PutOutgoing(ctx, m))
+		got, err := st.Outgoing(ctx, m.MsgID)
+		require.NoError(t, err)
+		equalOut(t, m, got)
+	}
+
 	require.NoError(t, st.DeleteOutgoing(ctx, full.MsgID))
 	_, err = st.Outgoing(ctx, full.MsgID)
 	require.ErrorIs(t, err, asyncflow.ErrNotFound)
