@@ -47,6 +47,13 @@
 // before the commit, so across crashes it runs at least once, and exactly
 // once without. A handler error records nothing: the sender's retry brings
 // the message back. OnAck runs after "acked" is stored: at least once
-// across crashes, exactly once without. With a MemoryStore nothing
-// survives the process.
+// across crashes, exactly once without. A processed id is remembered for
+// DedupWindow; a new message older than that is refused, so no message is
+// processed twice.
+//
+// These hold across crashes only with a durable store: package boltstore
+// keeps both sides' records in a bbolt file, and every change is synced
+// before the call that made it returns. A MemoryStore, the default, loses
+// everything when the process exits. Package storetest is the conformance
+// suite a Store implementation runs.
 package asyncflow
