@@ -18,6 +18,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/asyncflow/asyncflow"
+	"github.com/asyncflow/asyncflow/boltstore"
+	"github.com/asyncflow/asyncflow/ic"
 )
 
 func TestCandidEncodeMatchesTheReferenceVectors(t *testing.T) {
@@ -548,4 +552,153 @@ func TestSendLeavesMessagesForAnotherPrincipalPendingAndSaysSo(t *testing.T) {
 	require.Regexp(t, `level=WARN msg=".*another principal.*" count=1 to=`+elsewhereP,
 		stderr)
 	require.NotContains(t, stderr, "resuming")
+}
+
+// leavePending writes into the store file in p's folder a pending message
+// from p's sender to its serve, as a send that gave up on it leaves it,
+// with an id made at idTime, and returns the id.
+func (p pair) leavePending(ctx context.Context, t *testing.T, file string, idTime time.Time,
+	payload []byte) asyncflow.MsgID {
+	t.Helper()
+	target, err := ic.ParsePrincipal(p.serverP)
+	require.NoError(t, err)
+	id, err := asyncflow.NewMsgID(idTime)
+	require.NoError(t, err)
+
+	st := p.openStore(t, file)
+	require.NoError(t, st.PutOutgoing(ctx, asyncflow.Outgoing{MsgID: id, To: target,
+		Payload: payload, State: asyncflow.OutPending, Attempts: 3, NextSend: time.Now()}))
+	require.NoError(t, st.Close())
+	return id
+}
+
+// pendingIn returns the pending messages in the store file in p's folder.
+func (p pair) pendingIn(ctx context.Context, t *testing.T, file string) []asyncflow.Outgoing {
+	t.Helper()
+	st := p.openStore(t, file)
+	defer st.Close()
+	pending, err := st.ListOutgoing(ctx, asyncflow.OutPending)
+	require.NoError(t, err)
+	return pending
+}
+
+// openStore opens the store file in p's folder as p's sender.
+func (p pair) openStore(t *testing.T, file string) *boltstore.Store {
+	t.Helper()
+	owner, err := ic.ParsePrincipal(p.senderP)
+	require.NoError(t, err)
+	st, err := boltstore.Open(filepath.Join(p.dir, file), &boltstore.Options{Owner: owner})
+	require.NoError(t, err)
+	return st
+}
+
+func TestSendForgetsALeftoverOlderThanTheDedupWindowWithoutResendingIt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	p := startPair(ctx, t, "--memory")
+	old := p.leavePending(ctx, t, "sender.db",
+		time.Now().Add(-asyncflow.DefaultDedupWindow-time.Hour), []byte("old"))
+
+	code, stdout, stderr := p.send(ctx, t, "--payload-hex", "01", "--store", "sender.db",
+		"--retry-after", "200ms")
+
+	require.Equal(t, 0, code, stderr)
+	require.Regexp(t, `level=WARN msg=".*older than the default dedup window.*" msg_id=`+
+		old.Decimal(), stderr)
+	require.NotContains(t, stderr, "resuming")
+	require.Equal(t, 1, strings.Count(stdout, "\n"), "only its own message: %s", stdout)
+	require.Contains(t, stdout, `"sent":"01"`)
+	require.Empty(t, p.pendingIn(ctx, t, "sender.db"), "a later send finds nothing left")
+	for _, ev := range p.serve.stop(t) {
+		if ev["event"] == "processed" {
+			require.Equal(t, "01", ev["payload"], "the old message was not resent")
+		}
+	}
+}
+
+func TestSendForgetsAResumedMessageThatTheReceiverRefusesForGood(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	p := startPair(ctx, t, "--memory")
+	// An id further ahead of the receiver's clock than the skew it allows
+	// is refused for good, as outside the dedup window, although it is not
+	// stale.
+	ahead := p.leavePending(ctx, t, "sender.db",
+		time.Now().Add(asyncflow.DefaultMaxClockSkew+time.Hour), []byte("ahead"))
+
+	code, stdout, stderr := p.send(ctx, t, "--payload-hex", "01", "--store", "sender.db",
+		"--retry-after", "200ms")
+
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stderr, "resuming 1 message left in sender.db")
+	require.Regexp(t, `level=WARN msg=".*refused it, and would refuse it again" msg_id=`+
+		ahead.Decimal()+` to=`+p.serverP+` refusal=".*outside the dedup window.*"`, stderr)
+	require.Equal(t, 1, strings.Count(stdout, "\n"), "only its own message: %s", stdout)
+	require.Contains(t, stdout, `"sent":"01"`)
+	require.Empty(t, p.pendingIn(ctx, t, "sender.db"), "a later send finds nothing left")
+}
+
+func TestAStoreIsRefusedToAnotherIdentity(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	aID, _ := newIdentity(t, dir, "a")
+	bID, bP := newIdentity(t, dir, "b")
+	startServe(ctx, t, dir, "--identity", aID, "--store", "a.db").stop(t)
+
+	commands := [][]string{
+		{"serve", "--identity", bID, "--listen", "127.0.0.1:0", "--store", "a.db"},
+		{"send", "--identity", bID, "--listen", "127.0.0.1:0", "--to", bP,
+			"--url", "http://127.0.0.1:1", "--payload-hex", "00", "--store", "a.db"},
+	}
+	for _, args := range commands {
+		cmd := exec.CommandContext(ctx, binary, args...)
+		cmd.Dir = dir
+		out, err := cmd.Output()
+
+		require.Error(t, err, args[0])
+		require.Equal(t, 1, cmd.ProcessState.ExitCode(), args[0])
+		require.Empty(t, out)
+		stderr := exitStderr(err)
+		require.Equal(t, 1, strings.Count(stderr, "\n"), "%s: %q", args[0], stderr)
+		require.Contains(t, stderr, "a.db belongs to another identity", args[0])
+		require.Contains(t, stderr, "a --store of its own", args[0])
+	}
+	startServe(ctx, t, dir, "--identity", aID, "--store", "a.db").stop(t)
+}
+
+func TestALeftoverIsNotResentUnderAnotherIdentity(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	serverID, serverP := newIdentity(t, dir, "server")
+	aID, aP := newIdentity(t, dir, "a")
+	bID, bP := newIdentity(t, dir, "b")
+	bAddr := freeAddr(t)
+	serve := startServe(ctx, t, dir, "--identity", serverID, "--memory",
+		"--peer", aP+"=http://"+freeAddr(t), // nothing listens there: A's acks are lost
+		"--peer", bP+"=http://"+bAddr)
+	send := func(id, listen, payload string) (int, string, string) {
+		return runSend(ctx, t, dir, "--identity", id, "--listen", listen,
+			"--to", serverP, "--url", serve.url, "--store", "shared.db",
+			"--payload-hex", payload, "--wait", "2s", "--retry-after", "200ms")
+	}
+
+	code, _, stderr := send(aID, freeAddr(t), "6f6e6365") // "once"
+	require.Equal(t, 1, code, stderr)
+	require.Contains(t, stderr, "it stays pending in shared.db")
+
+	code, stdout, stderr := send(bID, bAddr, "02")
+	require.Equal(t, 1, code, stderr)
+	require.Empty(t, stdout)
+	require.Equal(t, 1, strings.Count(stderr, "\n"), stderr)
+	require.Contains(t, stderr, "shared.db belongs to another identity")
+
+	var processed []string
+	for _, ev := range serve.stop(t) {
+		if ev["event"] == "processed" {
+			processed = append(processed, ev["payload"].(string))
+		}
+	}
+	require.Equal(t, []string{"6f6e6365"}, processed, "processed once, and B sent nothing")
 }

@@ -33,8 +33,22 @@ serve and send keep their messages in <principal>.db in the working directory, s
 that a restart resumes them: --store FILE names another file, --memory keeps them
 in memory only. One process at a time uses a store file.
 
+` + sendHelp + `
 Run "asyncflow <command> -h" for the flags of a command.
 `
+
+// sendHelp is what send -h says before the flags, and the usage after the
+// list of commands.
+const sendHelp = `send first resumes what an earlier send left pending in its store: it resends
+the messages to --to and waits for them as for its own. A message the receiver
+can no longer accept is forgotten with a warning instead: one older than 24h, the
+default dedup window, is not resent, and a resumed one the receiver refuses for
+good is forgotten then. Keeping either would fail every later send. So a resumed
+message fails the run only when it gets no ack within --wait.
+`
+
+// commandHelp holds what a command's -h says before its flags.
+var commandHelp = map[string]string{"send": sendHelp}
 
 // usageError is a mistake in the command line: exit code 2.
 type usageError struct{ msg string }
@@ -114,6 +128,9 @@ func parse(fs *flag.FlagSet, args []string, want int) error {
 
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(out, "usage: asyncflow %s [flags]\n", fs.Name())
+		if help := commandHelp[fs.Name()]; help != "" {
+			fmt.Fprintf(out, "\n%s\n", help)
+		}
 		fs.PrintDefaults()
 		return err
 	}

@@ -45,6 +45,8 @@ const ackackWait = 5 * time.Second
 // "delivered" line, submits the ackack and exits. Before it sends, it
 // resumes what an earlier send left in the same store: messages still
 // pending to the same target are resent, and waited for like its own.
+// A resumed message the target cannot accept any more is forgotten with
+// a warning instead of failing the run: see leftOver and forgetRefused.
 func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) error {
 	fs := newFlags("send", stderr)
 	idPath := fs.String("identity", "", "PEM identity file (required)")
@@ -189,7 +191,7 @@ func (j sendJob) run(ctx context.Context) (err error) {
 	w.expect(msgID)
 	j.log.Info("sent", "msg_id", msgID.String(), "to", j.target.String(), "ack_url", n.url())
 
-	if err := j.awaitSettled(ctx, w); err != nil {
+	if err := j.awaitSettled(ctx, w, msgID, n.flow.Forget); err != nil {
 		return err
 	}
 	j.awaitAckAcks(ctx, w)
@@ -202,6 +204,14 @@ func (j sendJob) run(ctx context.Context) (err error) {
 // and the pending ones to the target, which it makes due at once. Pending
 // messages to other principals stay as they are, with a warning: this
 // send has no route to them.
+//
+// A pending message to the target whose id is older than the default
+// dedup window is forgotten with a warning, not resumed: a receiver with
+// that window refuses it for good, so resending it could only end in
+// forgetRefused. Forgetting it here saves the round trip and keeps one
+// rule, that a message the receiver cannot accept any more is dropped.
+// A receiver with a longer window would still have accepted it; the
+// CLI's serve always has the default.
 func (j sendJob) leftOver(ctx context.Context) ([]asyncflow.MsgID, error) {
 	acked, err := j.store.ListOutgoing(ctx, asyncflow.OutAcked)
 	if err != nil {
@@ -221,6 +231,12 @@ func (j sendJob) leftOver(ctx context.Context) ([]asyncflow.MsgID, error) {
 	for _, m := range pending {
 		if !m.To.Equal(j.target) {
 			elsewhere[m.To.String()]++
+			continue
+		}
+		if stale(m.MsgID, now) {
+			if err := j.forgetStale(ctx, m.MsgID, now); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		// Left due when it was, the message would wait for the retry delay
@@ -244,19 +260,58 @@ func (j sendJob) leftOver(ctx context.Context) ([]asyncflow.MsgID, error) {
 	return ids, nil
 }
 
+// stale reports whether a receiver with the default dedup window refuses
+// the message id at now, as too old.
+func stale(id asyncflow.MsgID, now time.Time) bool {
+	return id.Time().Before(now.Add(-asyncflow.DefaultDedupWindow))
+}
+
+// forgetStale deletes a stale pending message from the store, with a
+// warning. It runs before the Flow starts, which would otherwise resend
+// it, so it deletes the record itself.
+func (j sendJob) forgetStale(ctx context.Context, id asyncflow.MsgID, now time.Time) error {
+	if err := j.store.DeleteOutgoing(ctx, id); err != nil {
+		return fmt.Errorf("send: forgetting stale message %s: %w", id.Decimal(), err)
+	}
+	j.log.Warn("forgot a message an earlier send left: it is older than the default "+
+		"dedup window, and the receiver would refuse it; no ack will say whether "+
+		"it was processed",
+		"msg_id", id.Decimal(), "to", j.target.String(),
+		"age", now.Sub(id.Time()).Round(time.Second),
+		"window", asyncflow.DefaultDedupWindow)
+	return nil
+}
+
 // awaitSettled waits until every message w expects is settled. It fails
-// when --wait passes, ctx ends, or the target refuses one of them for
-// good; the messages not settled stay pending in the store.
-func (j sendJob) awaitSettled(ctx context.Context, w *watch) error {
+// when --wait passes, ctx ends, or the target refuses own, this run's own
+// message, for good; the messages not settled stay pending in the store.
+// A resumed message that the target refuses for good does not fail the
+// run: forget forgets it, as forgetRefused says.
+func (j sendJob) awaitSettled(ctx context.Context, w *watch, own asyncflow.MsgID,
+	forget func(context.Context, asyncflow.MsgID) error) error {
 	timer := time.NewTimer(j.wait)
 	defer timer.Stop()
 
 	for {
-		open, refused, refusal := w.unsettled()
+		open, refusals := w.unsettled()
+		forgot := false
+		for _, r := range refusals {
+			if r.id == own {
+				continue
+			}
+			if err := j.forgetRefused(ctx, w, r, forget); err != nil {
+				return err
+			}
+			forgot = true
+		}
+		if forgot {
+			continue // open still holds the messages just forgotten
+		}
+
 		switch {
-		case refusal != nil:
+		case len(refusals) > 0:
 			return fmt.Errorf("send: %s refused message %s, and would refuse it again: %s%s",
-				j.target, refused.Decimal(), refusal.Reason, j.resumeNote(open))
+				j.target, own.Decimal(), refusals[0].err.Reason, j.resumeNote(open))
 		case len(open) == 0:
 			return nil
 		}
@@ -271,6 +326,24 @@ func (j sendJob) awaitSettled(ctx context.Context, w *watch) error {
 				j.target, j.wait, w.lastError(), j.resumeNote(open))
 		}
 	}
+}
+
+// forgetRefused forgets a resumed message that the target refused for
+// good, with a warning, and notes it in w as settled. Keeping it would
+// only block the store: every later send with it would resume it, meet
+// the same refusal and fail, and no command removes it. Whether the
+// target processed it on an earlier attempt, no ack will say.
+func (j sendJob) forgetRefused(ctx context.Context, w *watch, r refusal,
+	forget func(context.Context, asyncflow.MsgID) error) error {
+	if err := forget(ctx, r.id); err != nil {
+		return fmt.Errorf("send: forgetting message %s, which %s refused for good: %w",
+			r.id.Decimal(), j.target, err)
+	}
+	w.dropped(r.id)
+	j.log.Warn("forgot a message an earlier send left: the receiver refused it, "+
+		"and would refuse it again",
+		"msg_id", r.id.Decimal(), "to", j.target.String(), "refusal", r.err.Reason)
+	return nil
 }
 
 // resumeNote tells where the messages open stay pending, for an error

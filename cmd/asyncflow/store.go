@@ -49,6 +49,11 @@ func (s *storeFlags) check() error {
 // the file's path, empty for a memory store. The file is held by this
 // process until the store is closed; a second process fails within
 // boltstore.DefaultLockTimeout.
+//
+// The file belongs to p from its first use on, and is refused to any
+// other identity: its messages were signed as p, and the receiver keeps
+// its records per caller, so resending them as another principal would
+// have them processed a second time.
 func (s *storeFlags) open(p principal.Principal) (asyncflow.Store, string, error) {
 	if s.memory {
 		return asyncflow.NewMemoryStore(), "", nil
@@ -58,11 +63,15 @@ func (s *storeFlags) open(p principal.Principal) (asyncflow.Store, string, error
 	if path == "" {
 		path = p.String() + ".db"
 	}
-	st, err := boltstore.Open(path, nil)
+	st, err := boltstore.Open(path, &boltstore.Options{Owner: p})
 	switch {
 	case errors.Is(err, boltstore.ErrInUse):
 		return nil, "", fmt.Errorf("%s: opening the store: %w; "+
 			"each running serve or send needs a --store of its own", s.fs.Name(), err)
+	case errors.Is(err, boltstore.ErrOwner):
+		return nil, "", fmt.Errorf("%s: %s belongs to another identity than %s, "+
+			"whose messages it keeps; give this identity a --store of its own",
+			s.fs.Name(), path, p)
 	case err != nil:
 		return nil, "", fmt.Errorf("%s: opening the store: %w", s.fs.Name(), err)
 	}

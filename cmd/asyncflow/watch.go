@@ -37,15 +37,23 @@ type progress struct {
 	forgotten bool                  // the Flow deleted the record, or tried to
 	corrupt   *asyncflow.Corruption // OnCorrupt ran
 	refused   *ic.RefusedError      // a refusal of the newMessage for good
+	dropped   bool                  // send forgot it after a refusal for good
 	ackack    bool                  // the ackack was submitted, or failed
 	ackackErr error
 }
 
 // settled reports whether the message needs nothing more but its ackack.
 // A delivered message is settled once the Flow forgot it, so that the
-// next send on the store does not report it again.
+// next send on the store does not report it again. A dropped message
+// needs nothing more at all: no ack will come for it.
 func (p *progress) settled() bool {
-	return p.corrupt != nil || p.delivered && p.forgotten
+	return p.corrupt != nil || p.dropped || p.delivered && p.forgotten
+}
+
+// awaitsAckAck reports whether an ackack is still to be submitted for the
+// message.
+func (p *progress) awaitsAckAck() bool {
+	return !p.ackack && !p.dropped
 }
 
 func newWatch(target principal.Principal, expected []asyncflow.MsgID) *watch {
@@ -95,26 +103,36 @@ func (w *watch) progressOf(id asyncflow.MsgID) progress {
 	return progress{}
 }
 
-// unsettled returns the expected messages not settled yet and, if the
-// target refused one of them for good, that one and the refusal.
-func (w *watch) unsettled() ([]asyncflow.MsgID, asyncflow.MsgID, *ic.RefusedError) {
+// refusal is an expected message that the target refused for good.
+type refusal struct {
+	id  asyncflow.MsgID
+	err *ic.RefusedError
+}
+
+// unsettled returns the expected messages not settled yet and, in the
+// same order, those of them that the target refused for good.
+func (w *watch) unsettled() ([]asyncflow.MsgID, []refusal) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 
 	var open []asyncflow.MsgID
-	var refused asyncflow.MsgID
-	var refusal *ic.RefusedError
+	var refusals []refusal
 	for _, id := range w.expected {
 		p := w.progressOf(id)
 		if p.settled() {
 			continue
 		}
 		open = append(open, id)
-		if p.refused != nil && refusal == nil {
-			refused, refusal = id, p.refused
+		if p.refused != nil {
+			refusals = append(refusals, refusal{id, p.refused})
 		}
 	}
-	return open, refused, refusal
+	return open, refusals
+}
+
+// dropped notes that send forgot id after a refusal for good.
+func (w *watch) dropped(id asyncflow.MsgID) {
+	w.note(id, func(p *progress) { p.dropped = true })
 }
 
 // ackacksDone reports whether the ackack of every expected message was
@@ -124,7 +142,7 @@ func (w *watch) ackacksDone() bool {
 	defer w.mu.Unlock()
 
 	for _, id := range w.expected {
-		if !w.progressOf(id).ackack {
+		if p := w.progressOf(id); p.awaitsAckAck() {
 			return false
 		}
 	}
@@ -146,6 +164,8 @@ func (w *watch) ackackFailures() []ackackFailure {
 	var failed []ackackFailure
 	for _, id := range w.expected {
 		switch p := w.progressOf(id); {
+		case p.dropped:
+			// Never acked, it owes no ackack.
 		case !p.ackack:
 			failed = append(failed, ackackFailure{id,
 				errors.New("the ackack was not submitted in time")})
