@@ -248,7 +248,8 @@ func (s *MemoryStore) ListOutgoing(_ context.Context, st OutState) ([]Outgoing, 
 }
 
 // DueOutgoing implements Store.
-func (s *MemoryStore) DueOutgoing(_ context.Context, now time.Time, limit int) ([]Outgoing, error) {
+func (s *MemoryStore) DueOutgoing(_ context.Context, now time.Time,
+	limit int) ([]Outgoing, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
@@ -304,7 +305,8 @@ func (s *MemoryStore) Incoming(
 }
 
 // DueIncoming implements Store.
-func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time, limit int) ([]Incoming, error) {
+func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time,
+	limit int) ([]Incoming, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
