@@ -119,3 +119,45 @@ func TestExpiryWithNothingToExpireWritesNothing(t *testing.T) {
 	assert.Equal(t, before, txid(), "empty expiry passes committed %d write "+
 		"transactions", txid()-before)
 }
+
+// A Close that comes while another waits for the writer returns only once
+// the file is released: its caller may open the file again at once.
+func TestASecondCloseWaitsForTheFirst(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	s, err := Open(path, nil)
+	require.NoError(t, err)
+	release, waitHold := holdWriter(t, s)
+	defer waitHold()
+	defer release()
+	first := make(chan error, 1)
+	go func() { first <- s.Close() }()
+	require.Eventually(t, func() bool {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return s.closed
+	}, 10*time.Second, time.Millisecond, "the first Close began")
+
+	// The second Close, and an Open as soon as it returned. A Close that
+	// returned early would meet the file still held, however soon the
+	// writer is released; the timer only decides when that happens.
+	second := make(chan error, 1)
+	go func() {
+		if err := s.Close(); err != nil {
+			second <- err
+			return
+		}
+		again, err := Open(path, &Options{LockTimeout: time.Millisecond})
+		if err == nil {
+			err = again.Close()
+		}
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		t.Fatalf("the second Close returned while the first waits for the writer: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	require.NoError(t, <-second, "the file is released once the second Close returned")
+	require.NoError(t, <-first)
+}

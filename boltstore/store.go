@@ -111,6 +111,11 @@ type Store struct {
 	closed  bool
 	changes chan change
 	stopped chan struct{}
+
+	// released is closed once Close released the file; closeErr is what
+	// that Close returned.
+	released chan struct{}
+	closeErr error
 }
 
 var _ asyncflow.Store = (*Store)(nil)
@@ -171,7 +176,8 @@ func Open(path string, opts *Options) (*Store, error) {
 	}
 
 	s := &Store{db: db, file: file, readOnly: o.ReadOnly, log: o.Logger,
-		changes: make(chan change, maxBatch), stopped: make(chan struct{})}
+		changes: make(chan change, maxBatch), stopped: make(chan struct{}),
+		released: make(chan struct{})}
 	go s.commitLoop()
 	return s, nil
 }
@@ -228,14 +234,17 @@ func (s *Store) Path() string {
 	return s.db.Path()
 }
 
-// Close waits for the changes under way, then closes the file. Calls
-// after Close fail with an error wrapping asyncflow.ErrClosed. Close is
-// idempotent.
+// Close waits for the changes under way, then closes the file and
+// releases its lock. Calls after Close fail with an error wrapping
+// asyncflow.ErrClosed. Close is idempotent: a later Close, or one that
+// comes while another is under way, returns only once the file is
+// released, with the first Close's result.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil
+		<-s.released
+		return s.closeErr
 	}
 	s.closed = true
 	close(s.changes)
@@ -245,9 +254,12 @@ func (s *Store) Close() error {
 	if s.broken.Load() != nil {
 		// bbolt's Close would wait for the locks the fault left held. As
 		// after a panic in Open, the map stays until the process exits.
-		return errors.Join(unlock(s.file), s.file.Close())
+		s.closeErr = errors.Join(unlock(s.file), s.file.Close())
+	} else {
+		s.closeErr = s.db.Close()
 	}
-	return s.db.Close()
+	close(s.released)
+	return s.closeErr
 }
 
 var errClosed = fmt.Errorf("%w: bolt store", asyncflow.ErrClosed)
