@@ -150,12 +150,16 @@ func splitInKey(k []byte) (asyncflow.MsgID, []byte) {
 	return id, append([]byte(nil), k[idLen:]...)
 }
 
-// dueKey is next-send | record key.
+// dueKey is next-send | record key. The time is Unix nanoseconds with the
+// sign bit flipped, so that keys sort by time as unsigned bytes, before
+// 1970 as after it.
 func dueKey(at time.Time, rec []byte) []byte {
 	k := make([]byte, 0, 8+len(rec))
-	k = binary.BigEndian.AppendUint64(k, uint64(unixNano(at)))
+	k = binary.BigEndian.AppendUint64(k, uint64(clampNano(at))^signBit)
 	return append(k, rec...)
 }
+
+const signBit = 1 << 63
 
 // splitDueKey splits a due key into its time and its record's key; ok is
 // false for a damaged one.
@@ -163,7 +167,7 @@ func splitDueKey(k []byte) (at time.Time, rec []byte, ok bool) {
 	if len(k) < 8+idLen {
 		return time.Time{}, nil, false
 	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), k[8:], true
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k)^signBit)), k[8:], true
 }
 
 // keyTime returns the ULID time at the start of a record key.
@@ -187,16 +191,6 @@ func clampNano(t time.Time) int64 {
 		return math.MaxInt64
 	}
 	return t.UnixNano()
-}
-
-// unixNano maps a time to the order of due keys: Unix nanoseconds, with
-// times before 1970 (the zero time among them) clamped to zero, so that
-// due keys sort as unsigned numbers.
-func unixNano(t time.Time) int64 {
-	if t.IsZero() || t.Before(time.Unix(0, 0)) {
-		return 0
-	}
-	return clampNano(t)
 }
 
 func boolByte(v bool) byte {

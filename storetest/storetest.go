@@ -47,6 +47,7 @@ func Run(t *testing.T, s Suite) {
 		{"IncomingTransitions", testIncomingTransitions},
 		{"DueIncomingEarliestFirstWithinLimit", testDueIncoming},
 		{"NextDueIsTheEarliestOfBothSides", testNextDue},
+		{"DueTimesKeepTheirOrderAcross1970", testDueAcross1970},
 		{"ExpireIncomingOldestFirstWithinLimit", testExpireIncoming},
 		{"RecordsAreCopiedInAndOut", testCopies},
 		{"ConcurrentCallers", testConcurrent},
@@ -387,6 +388,59 @@ func testNextDue(t *testing.T, s Suite) {
 	_, ok, err = st.NextDue(ctx)
 	require.NoError(t, err)
 	assert.False(t, ok, "acked and done records are not due")
+}
+
+// A due time is an instant like any other, before 1970 as after it: the
+// scans and NextDue order them as times, whatever encoding a store uses.
+func testDueAcross1970(t *testing.T, s Suite) {
+	st, _ := open(t, s)
+	ctx := t.Context()
+	epoch := time.Unix(0, 0)
+	times := []time.Time{ // earliest first
+		time.Date(1950, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC),
+		epoch.Add(-time.Nanosecond),
+		epoch,
+		epoch.Add(time.Nanosecond),
+		base,
+	}
+	// Ids run against the times, so that an order by id shows.
+	idAt := func(i int, n byte) asyncflow.MsgID { return id(len(times)-i, n) }
+	for _, i := range []int{3, 5, 0, 4, 1, 2} {
+		require.NoError(t, st.PutOutgoing(ctx, pending(idAt(i, 1), times[i])))
+		require.NoError(t, st.PutIncoming(ctx, acking(peerA, idAt(i, 2), times[i])))
+	}
+	var want []asyncflow.MsgID
+	for i := range times {
+		want = append(want, idAt(i, 1))
+	}
+	wantIn := func(n int) []asyncflow.MsgID {
+		var out []asyncflow.MsgID
+		for i := range n {
+			out = append(out, idAt(i, 2))
+		}
+		return out
+	}
+
+	far := base.Add(time.Hour)
+	out, err := st.DueOutgoing(ctx, far, 10)
+	require.NoError(t, err)
+	assert.Equal(t, want, ids(out, outID), "outgoing, earliest first")
+	in, err := st.DueIncoming(ctx, far, 10)
+	require.NoError(t, err)
+	assert.Equal(t, wantIn(len(times)), ids(in, inID), "incoming, earliest first")
+
+	out, err = st.DueOutgoing(ctx, times[1].Add(-time.Hour), 10)
+	require.NoError(t, err)
+	assert.Equal(t, want[:1], ids(out, outID), "only the 1950 message is due in 1959")
+	in, err = st.DueIncoming(ctx, epoch.Add(-time.Nanosecond), 10)
+	require.NoError(t, err)
+	assert.Equal(t, wantIn(3), ids(in, inID), "due up to the last instant before 1970")
+
+	next, ok, err := st.NextDue(ctx)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.True(t, next.Equal(times[0]), "NextDue: want %s, got %s", times[0], next)
 }
 
 func testExpireIncoming(t *testing.T, s Suite) {
