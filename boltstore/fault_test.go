@@ -481,6 +481,58 @@ func TestDamagedOutgoingRecordFailsOnlyItsOwnReads(t *testing.T) {
 	}
 }
 
+// A damaged acked record is left out of the acked list, with an error in
+// the log, so that a Flow starts on the store and resumes the intact acked
+// messages: their callbacks run, and the damaged record stays for
+// deletion.
+func TestDamagedAckedRecordDoesNotStopAFlow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	st, err := boltstore.Open(path, quietOpts)
+	require.NoError(t, err)
+	ctx := t.Context()
+	for n := range 3 {
+		m := outgoing(n, 10)
+		if n < 2 {
+			m.State, m.Ack, m.AckHash = asyncflow.OutAcked, []byte("ack"), asyncflow.SomeHash(1)
+			m.NextSend = time.Time{}
+		}
+		require.NoError(t, st.PutOutgoing(ctx, m))
+	}
+	require.NoError(t, st.Close())
+	damaged := msgID(0)
+	spoil(t, path, "out", damaged[:], func(v []byte) []byte { return v[:len(v)-1] })
+
+	var logs syncBuffer
+	st, err = boltstore.Open(path, &boltstore.Options{LockTimeout: lockTimeout,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	defer st.Close()
+	acked := make(chan asyncflow.MsgID, 4)
+	f, err := asyncflow.New(asyncflow.Config{Transport: nopTransport{}, Store: st,
+		Logger: slog.New(slog.DiscardHandler),
+		OnAck:  func(_ context.Context, d asyncflow.Delivery) { acked <- d.MsgID }})
+	require.NoError(t, err, "a Flow on a store with one damaged acked record")
+	defer f.Close()
+
+	select {
+	case got := <-acked:
+		require.Equal(t, msgID(1), got, "the intact acked message is resumed")
+	case <-time.After(patience):
+		t.Fatal("the intact acked message was not resumed")
+	}
+	require.Contains(t, logs.String(), "left out of the list")
+	require.Contains(t, logs.String(), fmt.Sprintf("%x", damaged[:]))
+	_, err = st.Outgoing(ctx, damaged)
+	require.ErrorIs(t, err, boltstore.ErrCorrupt, "the damaged record stays")
+}
+
+// nopTransport accepts every call and delivers none.
+type nopTransport struct{}
+
+func (nopTransport) Send(context.Context, principal.Principal, string, []byte) error {
+	return nil
+}
+
 func TestDamagedOutgoingRecordCanBeDeleted(t *testing.T) {
 	for _, tt := range valueDamages {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1120,4 +1172,23 @@ func TestOwnerTiesTheStoreToOnePrincipal(t *testing.T) {
 	require.ErrorIs(t, open(bob, true), boltstore.ErrOwner, "read-only too")
 	requireUnchanged(t, path, before, "refused opens")
 	require.NoError(t, open(principal.Principal{}, false), "an Open naming no owner")
+}
+
+// syncBuffer is a buffer that a store's logger and the test may use at
+// once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

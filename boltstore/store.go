@@ -441,7 +441,9 @@ func (s *Store) DeleteOutgoing(ctx context.Context, id asyncflow.MsgID) error {
 
 // ListOutgoing implements asyncflow.Store. Acked and corrupt records are
 // read through the state index; pending ones through the due index, whose
-// entries are then sorted by id.
+// entries are then sorted by id. A damaged record is logged and left out,
+// so that it cannot hide the others, or stop a Flow from starting on the
+// store; it stays in the file until DeleteOutgoing removes it.
 func (s *Store) ListOutgoing(
 	ctx context.Context, st asyncflow.OutState,
 ) ([]asyncflow.Outgoing, error) {
@@ -454,19 +456,33 @@ func (s *Store) ListOutgoing(
 	}
 
 	var list []asyncflow.Outgoing
+	var damaged []damagedEntry
 	err := s.read(ctx, func(tx *bolt.Tx) error {
 		out := tx.Bucket(bucketOut)
 		c := tx.Bucket(bucketOutState).Cursor()
 		prefix := []byte{byte(st)}
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			m, err := outgoingAt(out, k[1:])
-			if err != nil {
-				return err
+			if err == nil && m.State != st {
+				err = fmt.Errorf("%w: the %s index names message %s, which is %s",
+					ErrCorrupt, st, m.MsgID, m.State)
 			}
-			list = append(list, m)
+			switch {
+			case errors.Is(err, ErrCorrupt):
+				damaged = append(damaged, damagedEntry{key: bytes.Clone(k), err: err})
+			case err != nil:
+				return err
+			default:
+				list = append(list, m)
+			}
 		}
 		return nil
 	})
+	for _, d := range damaged {
+		s.log.Error("boltstore: a damaged record is left out of the list; deleting it "+
+			"clears it", "path", s.Path(), "index", string(bucketOutState),
+			"key", fmt.Sprintf("%x", d.key), "err", d.err)
+	}
 	return list, err
 }
 
