@@ -368,36 +368,44 @@ func TestFailedOpenReleasesTheFile(t *testing.T) {
 	}
 }
 
-func TestDamagedBucketPageFailsTheCallsThatMeetIt(t *testing.T) {
+// A leaf page holds records, which Open does not read: damage there fails
+// the calls that meet it, and only those.
+func TestDamagedLeafPageFailsTheCallsThatMeetIt(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "store")
 	fill(t, path, records, 100)
-	size, page := pageOf(t, path, "out")
+	size, root := pageOf(t, path, "out")
 	good := readFile(t, path)
+	require.Equal(t, uint16(0x01), binary.NativeEndian.Uint16(good[root*size+8:]),
+		"the root of out must be a branch page")
+	// Open reads the header of the first leaf, to learn the tree's depth.
+	children := int(binary.NativeEndian.Uint16(good[root*size+10:]))
+	page := int(binary.NativeEndian.Uint64(good[branchChild(size, root, children-1):]))
 	bad := bytes.Clone(good)
 	copy(bad[page*size:(page+1)*size], garbage(size, 4))
 	writeFile(t, path, bad)
 
+	const last = records - 1 // in the last leaf
 	st, err := boltstore.Open(path, short)
-	require.NoError(t, err, "Open reads only the header and the schema version")
+	require.NoError(t, err, "Open reads no leaf page")
 	ctx := t.Context()
 
-	_, err = st.Outgoing(ctx, msgID(7))
+	_, err = st.Outgoing(ctx, msgID(last))
 	require.ErrorIs(t, err, boltstore.ErrCorrupt, "Outgoing")
 	_, err = st.ListOutgoing(ctx, asyncflow.OutPending)
 	require.ErrorIs(t, err, boltstore.ErrCorrupt, "ListOutgoing")
-	_, err = st.DueOutgoing(ctx, base.Add(time.Hour), 10)
+	_, err = st.DueOutgoing(ctx, base.Add(time.Hour), records)
 	require.ErrorIs(t, err, boltstore.ErrCorrupt, "DueOutgoing")
-	err = st.PutOutgoing(ctx, outgoing(7, 5))
+	err = st.PutOutgoing(ctx, outgoing(last, 5))
 	require.ErrorIs(t, err, boltstore.ErrCorrupt, "PutOutgoing")
 	err = st.PutOutgoing(ctx, outgoing(1000, 5))
 	require.ErrorIs(t, err, boltstore.ErrCorrupt, "PutOutgoing of a new record")
-	require.ErrorIs(t, st.DeleteOutgoing(ctx, msgID(7)), boltstore.ErrCorrupt,
+	require.ErrorIs(t, st.DeleteOutgoing(ctx, msgID(last)), boltstore.ErrCorrupt,
 		"DeleteOutgoing")
 
 	// The receiver's side is in other pages, and reads as before.
-	got, err := st.Incoming(ctx, peer, msgID(7))
+	got, err := st.Incoming(ctx, peer, msgID(last))
 	require.NoError(t, err, "an undamaged bucket")
-	assert.Equal(t, incoming(7).Ack, got.Ack)
+	assert.Equal(t, incoming(last).Ack, got.Ack)
 	require.NoError(t, st.Close())
 	requireUnchanged(t, path, bad, "failed calls on a damaged page")
 

@@ -122,8 +122,9 @@ var _ asyncflow.Store = (*Store)(nil)
 
 // Open opens the store in the file at path, creating it if it does not
 // exist; a file it creates is synced into its folder before Open returns.
-// It reads only the file's header, schema version and owner, however many
-// records the store holds.
+// It reads the file's header, schema version and owner, and checks the
+// branch pages of its trees, so that damage bbolt would loop on is an
+// ErrCorrupt here; it reads none of the records, however many there are.
 func Open(path string, opts *Options) (*Store, error) {
 	var o Options
 	if opts != nil {
@@ -156,7 +157,10 @@ func Open(path string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = checkSchema(db, o.ReadOnly)
+	err = checkPages(db, file)
+	if err == nil {
+		err = checkSchema(db, o.ReadOnly)
+	}
 	if err == nil {
 		err = checkOwner(db, o.Owner, o.ReadOnly)
 	}
