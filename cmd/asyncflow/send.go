@@ -286,7 +286,7 @@ func (j sendJob) forgetStale(ctx context.Context, id asyncflow.MsgID, now time.T
 // when --wait passes, ctx ends, or the target refuses own, this run's own
 // message, for good; the messages not settled stay pending in the store.
 // A resumed message that the target refuses for good does not fail the
-// run: forget forgets it, as forgetRefused says.
+// run once own got through: forget forgets it, as forgetRefused says.
 func (j sendJob) awaitSettled(ctx context.Context, w *watch, own asyncflow.MsgID,
 	forget func(context.Context, asyncflow.MsgID) error) error {
 	timer := time.NewTimer(j.wait)
@@ -294,25 +294,19 @@ func (j sendJob) awaitSettled(ctx context.Context, w *watch, own asyncflow.MsgID
 
 	for {
 		open, refusals := w.unsettled()
-		forgot := false
-		for _, r := range refusals {
-			if r.id == own {
-				continue
-			}
-			if err := j.forgetRefused(ctx, w, r, forget); err != nil {
-				return err
-			}
-			forgot = true
+		if i := slices.IndexFunc(refusals, func(r refusal) bool { return r.id == own }); i >= 0 {
+			return fmt.Errorf("send: %s refused message %s, and would refuse it again: %s%s",
+				j.target, own.Decimal(), refusals[i].err.Reason, j.resumeNote(open))
 		}
-		if forgot {
+		if len(refusals) > 0 && !slices.Contains(open, own) {
+			for _, r := range refusals {
+				if err := j.forgetRefused(ctx, w, r, forget); err != nil {
+					return err
+				}
+			}
 			continue // open still holds the messages just forgotten
 		}
-
-		switch {
-		case len(refusals) > 0:
-			return fmt.Errorf("send: %s refused message %s, and would refuse it again: %s%s",
-				j.target, own.Decimal(), refusals[0].err.Reason, j.resumeNote(open))
-		case len(open) == 0:
+		if len(open) == 0 {
 			return nil
 		}
 
@@ -333,6 +327,11 @@ func (j sendJob) awaitSettled(ctx context.Context, w *watch, own asyncflow.MsgID
 // only block the store: every later send with it would resume it, meet
 // the same refusal and fail, and no command removes it. Whether the
 // target processed it on an earlier attempt, no ack will say.
+//
+// It runs only once this run's own message got through. A refusal that
+// meets the own message too may come from this run's setup, such as a
+// --url that names the wrong server or a receiver without the --peer
+// route back, and the resumed messages then stay for the next send.
 func (j sendJob) forgetRefused(ctx context.Context, w *watch, r refusal,
 	forget func(context.Context, asyncflow.MsgID) error) error {
 	if err := forget(ctx, r.id); err != nil {

@@ -24,11 +24,19 @@ func TestAwaitSettledFailsOnlyForItsOwnMessageOrAnUnackedOne(t *testing.T) {
 	require.NoError(t, err)
 	resumed := newMsgID(t, time.Now().Add(-time.Hour))
 	own := newMsgID(t, time.Now())
-	refuse := func(w *watch, id asyncflow.MsgID) {
-		w.failedMessage(target, id, &ic.RefusedError{To: target,
-			Method: asyncflow.MethodNewMessage, Status: http.StatusBadRequest,
-			Reason: "call refused: message id outside the dedup window"})
+	refuseWith := func(status int, reason string) func(*watch, asyncflow.MsgID) {
+		return func(w *watch, id asyncflow.MsgID) {
+			w.failedMessage(target, id, &ic.RefusedError{To: target,
+				Method: asyncflow.MethodNewMessage, Status: status, Reason: reason})
+		}
 	}
+	refuse := refuseWith(http.StatusBadRequest,
+		"call refused: message id outside the dedup window")
+	// Refusals that come from the run's setup, not from the message.
+	wrongURL := refuseWith(http.StatusNotFound,
+		`path "/x/api/v2/canister/aaaaa-aa/call" is not a call endpoint`)
+	noRouteBack := refuseWith(http.StatusBadRequest, "call refused: no route back to "+
+		"the caller for the ack: ic: aaaaa-aa: asyncflow: no route to principal")
 	deliver := func(w *watch, id asyncflow.MsgID) {
 		w.delivered(id)
 		w.note(id, func(p *progress) { p.forgotten = true })
@@ -46,11 +54,18 @@ func TestAwaitSettledFailsOnlyForItsOwnMessageOrAnUnackedOne(t *testing.T) {
 		{"own refused for good", deliver, refuse,
 			"would refuse it again: call refused: message id outside the dedup window; " +
 				"it stays pending in sender.db", nil},
+		// A refusal that meets the own message too may say nothing about
+		// the resumed one, which stays.
 		{"both refused for good", refuse, refuse,
 			"refused message " + own.Decimal() + ", and would refuse it again: " +
 				"call refused: message id outside the dedup window; " +
-				"it stays pending in sender.db",
-			[]asyncflow.MsgID{resumed}},
+				"they stay pending in sender.db", nil},
+		{"both refused: a wrong url", wrongURL, wrongURL,
+			"is not a call endpoint; they stay pending in sender.db", nil},
+		{"both refused: no route back", noRouteBack, noRouteBack,
+			"no route to principal; they stay pending in sender.db", nil},
+		{"resumed refused, own never acked", refuse, func(*watch, asyncflow.MsgID) {},
+			"no ack for 2 messages", nil},
 		{"resumed never acked", func(*watch, asyncflow.MsgID) {}, deliver,
 			"no ack for message " + resumed.Decimal(), nil},
 	}
