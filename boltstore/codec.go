@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"time"
 
@@ -18,6 +19,12 @@ import (
 //	          to (uvarint length, bytes) | payload (same) | ack (same)
 //	incoming: state u8 | attempts u32 | next-send u8 i64 | payload-hash u32 |
 //	          ack (uvarint length, bytes)
+//
+// Each value ends with a CRC-32C (Castagnoli) of its key and the bytes
+// before it, so that a changed bit anywhere in a record, or a record
+// found under another key, reads as ErrCorrupt instead of as a valid
+// record: a payload damaged on disk would otherwise be sent, and its
+// hash taken from the damaged bytes would match.
 //
 // Integers are big-endian. Next-send is a flag (0 for the zero time) and
 // Unix nanoseconds, which hold any time from 1678 to 2262; times outside
@@ -38,17 +45,23 @@ const headLen = 14
 
 func encodeOutgoing(m asyncflow.Outgoing) []byte {
 	b := make([]byte, 0, headLen+5+3*binary.MaxVarintLen32+len(m.To.Raw)+len(m.Payload)+
-		len(m.Ack))
+		len(m.Ack)+sumLen)
 	b = appendHead(b, byte(m.State), m.Attempts, m.NextSend)
 	b = append(b, boolByte(m.AckHash.Valid))
 	b = binary.BigEndian.AppendUint32(b, m.AckHash.Value)
 	b = appendBytes(b, m.To.Raw)
 	b = appendBytes(b, m.Payload)
-	return appendBytes(b, m.Ack)
+	b = appendBytes(b, m.Ack)
+	return seal(outKey(m.MsgID), b)
 }
 
 func decodeOutgoing(id asyncflow.MsgID, v []byte) (asyncflow.Outgoing, error) {
-	d := decoder{b: v}
+	body, err := unseal(outKey(id), v)
+	if err != nil {
+		return asyncflow.Outgoing{}, fmt.Errorf("%w: outgoing message %s: %v", ErrCorrupt, id,
+			err)
+	}
+	d := decoder{b: body}
 	m := asyncflow.Outgoing{MsgID: id}
 	m.State = asyncflow.OutState(d.byte())
 	m.Attempts = d.uint32()
@@ -73,16 +86,23 @@ func decodeOutgoing(id asyncflow.MsgID, v []byte) (asyncflow.Outgoing, error) {
 	return m, nil
 }
 
-func encodeIncoming(m asyncflow.Incoming) []byte {
-	b := make([]byte, 0, headLen+4+binary.MaxVarintLen32+len(m.Ack))
+// encodeIncoming encodes m, whose key is key.
+func encodeIncoming(key []byte, m asyncflow.Incoming) []byte {
+	b := make([]byte, 0, headLen+4+binary.MaxVarintLen32+len(m.Ack)+sumLen)
 	b = appendHead(b, byte(m.State), m.Attempts, m.NextSend)
 	b = binary.BigEndian.AppendUint32(b, m.PayloadHash)
-	return appendBytes(b, m.Ack)
+	b = appendBytes(b, m.Ack)
+	return seal(key, b)
 }
 
 func decodeIncoming(key, v []byte) (asyncflow.Incoming, error) {
 	id, from := splitInKey(key)
-	d := decoder{b: v}
+	body, err := unseal(key, v)
+	if err != nil {
+		return asyncflow.Incoming{}, fmt.Errorf("%w: incoming message %s from %s: %v",
+			ErrCorrupt, id, principal.Principal{Raw: from}, err)
+	}
+	d := decoder{b: body}
 	m := asyncflow.Incoming{MsgID: id, From: principal.Principal{Raw: from}}
 	m.State = asyncflow.InState(d.byte())
 	m.Attempts = d.uint32()
@@ -102,6 +122,31 @@ func decodeIncoming(key, v []byte) (asyncflow.Incoming, error) {
 			ErrCorrupt, id, m.From, d.err)
 	}
 	return m, nil
+}
+
+// sumLen is the length of the checksum that ends every value.
+const sumLen = 4
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// seal appends to the record b, kept under key, its checksum.
+func seal(key, b []byte) []byte {
+	sum := crc32.Update(crc32.Checksum(key, castagnoli), castagnoli, b)
+	return binary.BigEndian.AppendUint32(b, sum)
+}
+
+// unseal checks the checksum at the end of the value v kept under key, and
+// returns the record before it.
+func unseal(key, v []byte) ([]byte, error) {
+	if len(v) < sumLen {
+		return nil, fmt.Errorf("%d bytes, too short for a checksum", len(v))
+	}
+	body := v[:len(v)-sumLen]
+	want := binary.BigEndian.Uint32(v[len(body):])
+	if got := crc32.Update(crc32.Checksum(key, castagnoli), castagnoli, body); got != want {
+		return nil, fmt.Errorf("checksum %08x does not match the record's %08x", want, got)
+	}
+	return body, nil
 }
 
 // appendHead appends the fixed head of a record.

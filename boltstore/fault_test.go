@@ -566,6 +566,69 @@ func TestDamagedOutgoingRecordCanBeDeleted(t *testing.T) {
 	}
 }
 
+// Every value carries a checksum of its key and bytes: one flipped bit
+// anywhere in a record, where every length still reads, is ErrCorrupt,
+// never a record with other bytes. A payload changed on disk would
+// otherwise be sent, and the receiver's hash of it would match.
+func TestAFlippedBitAnywhereInARecordIsErrCorrupt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	fill(t, path, 1, 24)
+	id := msgID(0)
+	kinds := []struct {
+		bucket string
+		key    []byte
+		read   func(st *boltstore.Store) error
+	}{
+		{"out", id[:], func(st *boltstore.Store) error {
+			_, err := st.Outgoing(t.Context(), id)
+			return err
+		}},
+		{"in", append(id[:], peer.Raw...), func(st *boltstore.Store) error {
+			_, err := st.Incoming(t.Context(), peer, id)
+			return err
+		}},
+	}
+	for _, r := range kinds {
+		var size int
+		editBolt(t, path, func(tx *bolt.Tx) error {
+			size = len(tx.Bucket([]byte(r.bucket)).Get(r.key))
+			return nil
+		})
+		require.Positive(t, size)
+		for i := range size * 8 {
+			flip := func(v []byte) []byte { v[i/8] ^= 1 << (i % 8); return v }
+			spoil(t, path, r.bucket, r.key, flip)
+			st, err := boltstore.Open(path, quietOpts)
+			require.NoError(t, err)
+			err = r.read(st)
+			require.NoError(t, st.Close())
+			require.ErrorIs(t, err, boltstore.ErrCorrupt, "%s record, bit %d of %d", r.bucket,
+				i, size*8)
+			spoil(t, path, r.bucket, r.key, flip)
+		}
+	}
+	reopenAndCheck(t, path, 1, 24)
+}
+
+// A record moved under another key, as a damaged key would leave it, is
+// ErrCorrupt: the checksum covers the key too.
+func TestARecordUnderAnotherKeyIsErrCorrupt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	fill(t, path, 2, 10)
+	from, to := msgID(0), msgID(1)
+	editBolt(t, path, func(tx *bolt.Tx) error {
+		out := tx.Bucket([]byte("out"))
+		return out.Put(to[:], bytes.Clone(out.Get(from[:])))
+	})
+
+	st, err := boltstore.Open(path, quietOpts)
+	require.NoError(t, err)
+	defer st.Close()
+	_, err = st.Outgoing(t.Context(), to)
+	require.ErrorIs(t, err, boltstore.ErrCorrupt)
+	requireOutgoing(t, st, 0, 10)
+}
+
 // A damaged incoming record fails its own lookup; its ack is no longer
 // resent, it can be replaced, and it expires like the others.
 func TestDamagedIncomingRecordFailsOnlyItsOwnReads(t *testing.T) {

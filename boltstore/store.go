@@ -642,7 +642,8 @@ func (s *Store) PutIncoming(ctx context.Context, m asyncflow.Incoming) error {
 		return fmt.Errorf("%w: incoming message %s in state %d", ErrInvalidRecord, m.MsgID,
 			m.State)
 	}
-	key, val := inKey(m.From, m.MsgID), encodeIncoming(m)
+	key := inKey(m.From, m.MsgID)
+	val := encodeIncoming(key, m)
 	return s.write(ctx, len(val), func(tx *bolt.Tx) error {
 		in, due := tx.Bucket(bucketIn), tx.Bucket(bucketInDue)
 		if err := unindexIncoming(due, key, in.Get(key)); err != nil {
