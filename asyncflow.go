@@ -46,7 +46,10 @@ const DefaultSendWorkers = 64
 // sender's next retry brings the message back, and the handler runs again.
 // The Flow runs a handler at most once at a time for one (from, id), and
 // it returns successfully at most once for it in the life of the store,
-// except after a crash between its return and the commit of its result.
+// except after a crash between its return and the commit of its result. A
+// result whose commit failed is kept in memory and committed by the next
+// attempt, without running the handler again; only Close or a crash
+// before that attempt loses it.
 type Handler func(ctx context.Context, from principal.Principal, id MsgID,
 	payload []byte) ([]byte, error)
 
@@ -196,6 +199,9 @@ type Flow struct {
 	// processing holds the incoming records whose handler is running, so
 	// that a duplicate arriving meanwhile does not run it again.
 	processing keySet
+
+	// unsaved holds the handler results whose commit failed.
+	unsaved unsavedResults
 
 	// sending holds the records whose newMessage or ack is queued or
 	// being submitted. The retry loop does not queue them again: under a

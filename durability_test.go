@@ -2,6 +2,7 @@ package asyncflow_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"sync/atomic"
@@ -187,5 +188,123 @@ func TestDuplicateThatLosesARaceWithExpiryIsRefused(t *testing.T) {
 		err = f.Deliver(ctx, caller, asyncflow.MethodNewMessage, arg)
 		require.ErrorIs(t, err, asyncflow.ErrOutsideWindow)
 		require.Equal(t, int32(1), runs.Load(), "the duplicate was not processed again")
+	})
+}
+
+// failingCommits is a store whose PutIncoming fails while failing is set,
+// as a boltstore's does on a full disk, without a crash.
+type failingCommits struct {
+	*asyncflow.MemoryStore
+	failing atomic.Bool
+}
+
+func (s *failingCommits) PutIncoming(ctx context.Context, m asyncflow.Incoming) error {
+	if s.failing.Load() {
+		return errors.New("write receiver.db: no space left on device")
+	}
+	return s.MemoryStore.PutIncoming(ctx, m)
+}
+
+// countingFlow starts a Flow on st whose handler answers "done:" and the
+// payload, counting its runs, and whose OnProcessed counts the commits.
+func countingFlow(t *testing.T, st asyncflow.Store) (f *asyncflow.Flow, runs,
+	processed *atomic.Int32) {
+	t.Helper()
+	runs, processed = new(atomic.Int32), new(atomic.Int32)
+	f, err := asyncflow.New(asyncflow.Config{Transport: nopTransport{}, Store: st,
+		Logger: quietLog,
+		Handler: func(_ context.Context, _ principal.Principal, _ asyncflow.MsgID,
+			p []byte) ([]byte, error) {
+			runs.Add(1)
+			return append([]byte("done:"), p...), nil
+		},
+		OnProcessed: func(asyncflow.Processed) { processed.Add(1) }})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, f.Close()) })
+	return f, runs, processed
+}
+
+// A commit that fails without a crash keeps the handler's result: the
+// sender's next attempt commits it, and the handler does not run again.
+func TestAFailedCommitIsRetriedWithoutRunningTheHandlerAgain(t *testing.T) {
+	st := &failingCommits{MemoryStore: asyncflow.NewMemoryStore()}
+	defer st.Close()
+	f, runs, processed := countingFlow(t, st)
+	id, arg := newMessageArg(t, time.Now())
+
+	st.failing.Store(true)
+	err := f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage, arg)
+	require.ErrorContains(t, err, "no space left on device")
+	_, err = st.Incoming(t.Context(), caller, id)
+	require.ErrorIs(t, err, asyncflow.ErrNotFound)
+	require.Zero(t, processed.Load(), "nothing is processed before its commit")
+
+	st.failing.Store(false)
+	require.NoError(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage, arg))
+	require.Equal(t, int32(1), runs.Load())
+	require.Equal(t, int32(1), processed.Load())
+	rec, err := st.Incoming(t.Context(), caller, id)
+	require.NoError(t, err)
+	require.Equal(t, "done:pay", string(rec.Ack))
+	require.Equal(t, uint64(1), f.Stats().Processed)
+}
+
+// A kept result was computed from its payload's bytes: an attempt that
+// brings other bytes under the same id runs the handler on those.
+func TestAKeptResultIsNotUsedForOtherBytes(t *testing.T) {
+	st := &failingCommits{MemoryStore: asyncflow.NewMemoryStore()}
+	defer st.Close()
+	f, runs, _ := countingFlow(t, st)
+	id, arg := newMessageArg(t, time.Now())
+
+	st.failing.Store(true)
+	require.Error(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage, arg))
+	st.failing.Store(false)
+	other := asyncflow.NewMessage{MsgID: id, Payload: []byte("paz")}.AppendCandid(nil)
+	require.NoError(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage, other))
+
+	require.Equal(t, int32(2), runs.Load())
+	rec, err := st.Incoming(t.Context(), caller, id)
+	require.NoError(t, err)
+	require.Equal(t, "done:paz", string(rec.Ack))
+	require.Equal(t, asyncflow.HashOf([]byte("paz")).Value, rec.PayloadHash)
+}
+
+// The results kept for failed commits are bounded: one past the bound is
+// dropped and its handler runs again, and results whose ids left the dedup
+// window make room for new ones.
+func TestKeptResultsAreBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st := &failingCommits{MemoryStore: asyncflow.NewMemoryStore()}
+		defer st.Close()
+		f, runs, _ := countingFlow(t, st)
+		const bound = 4096
+		args := make([][]byte, bound+1)
+		st.failing.Store(true)
+		for i := range args {
+			_, args[i] = newMessageArg(t, time.Now())
+			require.Error(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage,
+				args[i]))
+		}
+
+		st.failing.Store(false)
+		for _, arg := range args {
+			require.NoError(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage,
+				arg))
+		}
+		require.Equal(t, int32(bound+2), runs.Load(), "only the result past the bound ran twice")
+
+		st.failing.Store(true)
+		for range bound {
+			_, arg := newMessageArg(t, time.Now())
+			require.Error(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage, arg))
+		}
+		time.Sleep(asyncflow.DefaultDedupWindow + time.Second)
+		_, late := newMessageArg(t, time.Now())
+		require.Error(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage, late))
+		st.failing.Store(false)
+		before := runs.Load()
+		require.NoError(t, f.Deliver(t.Context(), caller, asyncflow.MethodNewMessage, late))
+		require.Equal(t, before, runs.Load(), "the expired results made room for this one")
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -140,28 +141,31 @@ func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMes
 			Method: MethodNewMessage}, err)
 	}
 
-	ack, err := f.runHandler(ctx, caller, m)
-	if err != nil {
-		f.stats.handlerErrors.Add(1)
-		f.log.Warn("asyncflow: handler failed; the message stays unprocessed",
-			"from", caller.String(), "msg_id", m.MsgID.String(), "err", err)
-		return nil
+	key, hash := inKey(caller, m.MsgID), HashOf(m.Payload).Value
+	rec, ok := f.unsaved.take(key, hash)
+	if !ok {
+		ack, err := f.runHandler(ctx, caller, m)
+		if err != nil {
+			f.stats.handlerErrors.Add(1)
+			f.log.Warn("asyncflow: handler failed; the message stays unprocessed",
+				"from", caller.String(), "msg_id", m.MsgID.String(), "err", err)
+			return nil
+		}
+		rec = Incoming{From: caller, MsgID: m.MsgID, PayloadHash: hash, Ack: ack,
+			State: InAcking, Attempts: 1}
 	}
 
-	now := time.Now()
-	rec := Incoming{
-		From:        caller,
-		MsgID:       m.MsgID,
-		PayloadHash: HashOf(m.Payload).Value,
-		Ack:         ack,
-		State:       InAcking,
-		Attempts:    1,
-		NextSend:    now.Add(f.cfg.RetryAfter),
-	}
 	// The handler succeeded: its result is committed even if the caller
 	// gave up or the Flow is closing meanwhile, or the next retry would
-	// run the handler again.
+	// run the handler again. A failed commit keeps the result for the
+	// next attempt.
+	rec.NextSend = time.Now().Add(f.cfg.RetryAfter)
 	if err := f.commit(context.WithoutCancel(ctx), rec); err != nil {
+		if !f.unsaved.keep(key, rec, f.windowStart()) {
+			f.log.Warn("asyncflow: too many results wait for their commit; this one is "+
+				"dropped and its handler will run again", "from", caller.String(),
+				"msg_id", m.MsgID.String())
+		}
 		return err
 	}
 	f.poke()
@@ -170,11 +174,68 @@ func (f *Flow) process(ctx context.Context, caller principal.Principal, m NewMes
 	if f.cfg.OnProcessed != nil {
 		f.logPanic(guard("OnProcessed", func() {
 			f.cfg.OnProcessed(Processed{From: caller, MsgID: m.MsgID, Payload: m.Payload,
-				Ack: ack})
+				Ack: rec.Ack})
 		}))
 	}
 	f.sendAck(rec, true)
 	return nil
+}
+
+// windowStart returns the oldest id time inside the dedup window now.
+func (f *Flow) windowStart() time.Time {
+	return time.Now().Add(-f.cfg.DedupWindow)
+}
+
+// maxUnsaved bounds how many handler results a Flow keeps while their
+// commits fail: a store that fails for long then costs at most that many
+// results' memory, and the handlers of the rest run again.
+const maxUnsaved = 4096
+
+// unsavedResults holds handler results whose commit failed, so that the
+// sender's next attempt commits them instead of running the handler again.
+// It is safe for concurrent use.
+type unsavedResults struct {
+	mu   sync.Mutex
+	recs map[recordKey]Incoming
+}
+
+// take removes and returns the result kept for key, if it was computed
+// from a payload of the hash payloadHash; a result from other bytes is
+// dropped, and the handler runs on the bytes that came now.
+func (u *unsavedResults) take(key recordKey, payloadHash uint32) (Incoming, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+
+	rec, ok := u.recs[key]
+	if !ok {
+		return Incoming{}, false
+	}
+	delete(u.recs, key)
+	return rec, rec.PayloadHash == payloadHash
+}
+
+// keep holds rec under key. When full, it first drops the results whose
+// ids are older than oldest, which no sender can bring back; it reports
+// false if rec did not fit all the same.
+func (u *unsavedResults) keep(key recordKey, rec Incoming, oldest time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+
+	if len(u.recs) >= maxUnsaved {
+		for k, r := range u.recs {
+			if r.MsgID.Time().Before(oldest) {
+				delete(u.recs, k)
+			}
+		}
+	}
+	if len(u.recs) >= maxUnsaved {
+		return false
+	}
+	if u.recs == nil {
+		u.recs = make(map[recordKey]Incoming)
+	}
+	u.recs[key] = rec
+	return true
 }
 
 // runHandler runs the handler, turning a panic or an answer over
