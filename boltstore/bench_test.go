@@ -379,10 +379,10 @@ func BenchmarkStorePutOutgoing(b *testing.B) {
 
 // fillPending stores n pending records in the store at path from inFlight
 // goroutines, and closes it.
-func fillPending(b *testing.B, path string, n int) {
+func fillPending(tb testing.TB, path string, n int) {
 	st, err := boltstore.Open(path, nil)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -391,7 +391,7 @@ func fillPending(b *testing.B, path string, n int) {
 			for next.Add(1) <= int64(n) {
 				err := st.PutOutgoing(context.Background(), pendingRecord(time.Now()))
 				if err != nil {
-					b.Error(err)
+					tb.Error(err)
 					return
 				}
 			}
@@ -399,7 +399,7 @@ func fillPending(b *testing.B, path string, n int) {
 	}
 	wg.Wait()
 	if err := st.Close(); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 

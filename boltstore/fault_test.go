@@ -177,7 +177,14 @@ func garbage(n int, seed uint64) []byte {
 // editBolt changes the bbolt file at path directly, bypassing the store.
 func editBolt(t *testing.T, path string, edit func(tx *bolt.Tx) error) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: patience})
+	editBoltWith(t, path, &bolt.Options{Timeout: patience}, edit)
+}
+
+// editBoltWith is editBolt with bbolt opened with opts.
+func editBoltWith(t *testing.T, path string, opts *bolt.Options,
+	edit func(tx *bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, opts)
 	require.NoError(t, err)
 
 	require.NoError(t, db.Update(edit))
@@ -368,6 +375,72 @@ func TestFailedOpenReleasesTheFile(t *testing.T) {
 	}
 }
 
+// mapsOf counts the memory maps of this process that map the file path.
+func mapsOf(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open("/proc/self/maps")
+	if err != nil {
+		t.Skip("no /proc/self/maps here")
+	}
+	defer f.Close()
+
+	n := 0
+	lines := bufio.NewScanner(f)
+	for lines.Scan() {
+		if strings.HasSuffix(lines.Text(), " "+path) {
+			n++
+		}
+	}
+	require.NoError(t, lines.Err())
+	return n
+}
+
+// An Open refused for what the file holds closes bbolt's map of the file
+// along with the file: a service that retries Open on such a file does
+// not gather maps of it.
+func TestRefusedOpenLeavesNoMapOfTheFile(t *testing.T) {
+	alice := principal.Principal{Raw: []byte{0, 0, 0, 0, 0, 0, 0, 0xa, 1, 1}}
+	tests := []struct {
+		name  string
+		edit  func(tx *bolt.Tx) error
+		owner principal.Principal
+		want  error
+	}{
+		{"a bucket missing", func(tx *bolt.Tx) error {
+			return tx.DeleteBucket([]byte("in-due"))
+		}, principal.Principal{}, boltstore.ErrCorrupt},
+		{"a newer schema", func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("meta")).Put([]byte("schema"),
+				binary.BigEndian.AppendUint32(nil, boltstore.SchemaVersion+1))
+		}, principal.Principal{}, boltstore.ErrSchema},
+		{"no schema version", func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("meta")).Delete([]byte("schema"))
+		}, principal.Principal{}, boltstore.ErrNotStore},
+		{"another owner", func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("meta")).Put([]byte("owner"), peer.Raw)
+		}, alice, boltstore.ErrOwner},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "store")
+			fill(t, path, records, 100)
+			editBolt(t, path, tt.edit)
+			path, err := filepath.EvalSymlinks(path)
+			require.NoError(t, err)
+
+			before := mapsOf(t, path)
+			const tries = 10
+			for i := range tries {
+				_, err := boltstore.Open(path, &boltstore.Options{LockTimeout: lockTimeout,
+					Owner: tt.owner, ReadOnly: i%2 == 1})
+				require.ErrorIs(t, err, tt.want)
+			}
+			require.Equal(t, before, mapsOf(t, path), "maps of the file left by %d refused "+
+				"Opens", tries)
+		})
+	}
+}
+
 // A leaf page holds records, which Open does not read: damage there fails
 // the calls that meet it, and only those.
 func TestDamagedLeafPageFailsTheCallsThatMeetIt(t *testing.T) {
@@ -377,7 +450,6 @@ func TestDamagedLeafPageFailsTheCallsThatMeetIt(t *testing.T) {
 	good := readFile(t, path)
 	require.Equal(t, uint16(0x01), binary.NativeEndian.Uint16(good[root*size+8:]),
 		"the root of out must be a branch page")
-	// Open reads the header of the first leaf, to learn the tree's depth.
 	children := int(binary.NativeEndian.Uint16(good[root*size+10:]))
 	page := int(binary.NativeEndian.Uint64(good[branchChild(size, root, children-1):]))
 	bad := bytes.Clone(good)
@@ -827,16 +899,22 @@ func TestOpenChecksTheSchemaVersion(t *testing.T) {
 			return tx.DeleteBucket([]byte("out-due"))
 		}, boltstore.ErrCorrupt},
 	}
+	// A file written with bbolt's NoFreelistSync, as a newer version might
+	// write it, holds no freelist, and bbolt's read-write open writes one:
+	// a file Open refuses is left untouched all the same.
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "store")
-			fill(t, path, 3, 10)
-			editBolt(t, path, tt.edit)
-			before := readFile(t, path)
+		for _, noFreelist := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, no freelist %t", tt.name, noFreelist), func(t *testing.T) {
+				path := filepath.Join(t.TempDir(), "store")
+				fill(t, path, 3, 10)
+				editBoltWith(t, path, &bolt.Options{Timeout: patience,
+					NoFreelistSync: noFreelist}, tt.edit)
+				before := readFile(t, path)
 
-			requireOpenFails(t, path, tt.want)
-			requireUnchanged(t, path, before, "Open of a store it refuses")
-		})
+				requireOpenFails(t, path, tt.want)
+				requireUnchanged(t, path, before, "Open of a store it refuses")
+			})
+		}
 	}
 }
 
@@ -869,6 +947,35 @@ func TestOpenOfALockedFileIsErrInUse(t *testing.T) {
 	require.NoError(t, r2.Close())
 }
 
+// With Options.Check, Open opens the file twice, read-only and then for
+// writing; the two wait for the file's lock LockTimeout in all.
+func TestOpenWithCheckWaitsLockTimeoutInAll(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	fill(t, path, 1, 10)
+	other, err := os.Open(path)
+	require.NoError(t, err)
+	defer other.Close()
+	const timeout = time.Second
+
+	// Another holder of the file writes for most of the timeout, which
+	// the read-only open waits for, then reads for the rest of it, which
+	// the open for writing waits for.
+	require.NoError(t, syscall.Flock(int(other.Fd()), syscall.LOCK_EX))
+	reading := make(chan error, 1)
+	go func() {
+		time.Sleep(timeout * 6 / 10)
+		reading <- syscall.Flock(int(other.Fd()), syscall.LOCK_SH)
+	}()
+	start := time.Now()
+	_, err = boltstore.Open(path, &boltstore.Options{LockTimeout: timeout, Check: true})
+	waited := time.Since(start)
+	require.NoError(t, <-reading)
+
+	require.ErrorIs(t, err, boltstore.ErrInUse)
+	assert.GreaterOrEqual(t, waited, timeout*6/10, "Open waits for the writer")
+	assert.Less(t, waited, timeout*13/10, "Open gives up after about LockTimeout")
+}
+
 // The environment of a child process: the job it runs instead of the
 // tests, and the store file it works on. See TestMain.
 const (
@@ -880,8 +987,8 @@ const (
 // test binary (1) or a signal.
 const (
 	exitInUse    = 17 // Open failed with ErrInUse
-	exitOpened   = 18 // Open succeeded
-	exitRefused  = 19 // Open failed with another error of the package
+	exitOpened   = 18 // Open, and Check if the job runs it, succeeded
+	exitRefused  = 19 // Open or Check failed with another error of the package
 	exitFailed   = 20 // the job itself failed; stderr says why
 	exitFullDisk = 21 // the full-disk job ran to its end
 )
@@ -892,7 +999,11 @@ func runChildJob(job string) int {
 	path := os.Getenv(childPathEnv)
 	switch job {
 	case "open":
-		return childOpen(path)
+		return childOpen(path, short)
+	case "open-checked":
+		return childOpen(path, &boltstore.Options{LockTimeout: lockTimeout, Check: true})
+	case "check":
+		return childCheck(path)
 	case "full-disk":
 		return childFullDisk(path)
 	}
@@ -924,10 +1035,32 @@ func runChild(t *testing.T, job, path string) (string, int) {
 	return stdout.String(), cmd.ProcessState.ExitCode()
 }
 
-// childOpen opens the store at path with a short lock timeout, and
-// prints the error it met.
-func childOpen(path string) int {
-	st, err := boltstore.Open(path, short)
+// childOpen opens the store at path with opts, and prints the error it
+// met.
+func childOpen(path string, opts *boltstore.Options) int {
+	st, err := boltstore.Open(path, opts)
+	if err == nil {
+		err = st.Close()
+	}
+	return childResult(err)
+}
+
+// childCheck opens the store at path without Options.Check, runs Check on
+// it, and prints the error it met.
+func childCheck(path string) int {
+	st, err := boltstore.Open(path, quietOpts)
+	if err == nil {
+		err = st.Check(context.Background())
+		if cerr := st.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return childResult(err)
+}
+
+// childResult prints err, the outcome of a child's job, and returns the
+// exit code that says what it was.
+func childResult(err error) int {
 	switch {
 	case errors.Is(err, boltstore.ErrInUse):
 		fmt.Println(err)
@@ -937,10 +1070,6 @@ func childOpen(path string) int {
 		fmt.Println(err)
 		return exitRefused
 	case err != nil:
-		fmt.Fprintln(os.Stderr, err)
-		return exitFailed
-	}
-	if err := st.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return exitFailed
 	}
@@ -1243,6 +1372,42 @@ func TestOwnerTiesTheStoreToOnePrincipal(t *testing.T) {
 	require.ErrorIs(t, open(bob, true), boltstore.ErrOwner, "read-only too")
 	requireUnchanged(t, path, before, "refused opens")
 	require.NoError(t, open(principal.Principal{}, false), "an Open naming no owner")
+}
+
+// A store created with an Owner belongs to it from its first commit.
+func TestANewStoreBelongsToTheOwnerItIsCreatedWith(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	alice := principal.Principal{Raw: []byte{0, 0, 0, 0, 0, 0, 0, 0xa, 1, 1}}
+	st, err := boltstore.Open(path, &boltstore.Options{LockTimeout: lockTimeout,
+		Owner: alice})
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+
+	_, err = boltstore.Open(path, &boltstore.Options{LockTimeout: lockTimeout,
+		Owner: peer})
+	require.ErrorIs(t, err, boltstore.ErrOwner)
+}
+
+// A store file without a freelist, as bbolt's NoFreelistSync leaves it, is
+// opened, and given a freelist by its first write: the next Open need not
+// rebuild it from every tree.
+func TestAFileWithoutAFreelistGetsOneAtTheFirstWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store")
+	fill(t, path, records, 10)
+	editBoltWith(t, path, &bolt.Options{Timeout: patience, NoFreelistSync: true},
+		func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("meta")).Put([]byte("other"), []byte("x"))
+		})
+	size, _ := pageOf(t, path, "out")
+	require.Equal(t, noFreelist, metaFreelist(readFile(t, path), size))
+
+	st, err := boltstore.Open(path, short)
+	require.NoError(t, err)
+	require.NoError(t, st.PutOutgoing(t.Context(), outgoing(records, 10)))
+	require.NoError(t, st.Close())
+
+	require.NotEqual(t, noFreelist, metaFreelist(readFile(t, path), size))
+	reopenChecked(t, path, records, 10)
 }
 
 // syncBuffer is a buffer that a store's logger and the test may use at

@@ -44,26 +44,20 @@ var (
 var allBuckets = [][]byte{bucketMeta, bucketOut, bucketOutDue, bucketOutState, bucketIn,
 	bucketInDue}
 
-// checkSchema creates the buckets of an empty file, and checks the schema
-// version of a file that has them.
-func checkSchema(db *bolt.DB, readOnly bool) (err error) {
+// checkSchema returns the schema version of the file, or 0 for an empty
+// file, one with no buckets at all, and refuses a version it does not
+// know.
+func checkSchema(db *bolt.DB) (version uint32, err error) {
 	old := debug.SetPanicOnFault(true)
 	defer debug.SetPanicOnFault(old)
 	defer recoverFault(&err)
 
-	version, err := viewVersion(db)
-	switch {
-	case err != nil:
-		return err
-	case version == SchemaVersion:
-		return nil
-	case version > SchemaVersion:
-		return fmt.Errorf("%w: the file has version %d, this program knows up to %d",
+	version, err = viewVersion(db)
+	if err == nil && version > SchemaVersion {
+		return 0, fmt.Errorf("%w: the file has version %d, this program knows up to %d",
 			ErrSchema, version, SchemaVersion)
-	case readOnly:
-		return fmt.Errorf("%w: the file is empty, and read-only", ErrNotStore)
 	}
-	return db.Update(create)
+	return version, err
 }
 
 // viewVersion reads the schema version in a read transaction that it
@@ -113,11 +107,12 @@ func readVersion(tx *bolt.Tx) (uint32, error) {
 	return version, nil
 }
 
-// checkOwner records owner as the store's principal if it has none, and
-// refuses a store that belongs to another. An empty owner checks nothing.
-func checkOwner(db *bolt.DB, owner principal.Principal, readOnly bool) (err error) {
+// checkOwner refuses a store that belongs to a principal other than
+// owner, and reports whether owner is to be recorded: the store has none
+// yet. An empty owner checks nothing.
+func checkOwner(db *bolt.DB, owner principal.Principal) (record bool, err error) {
 	if len(owner.Raw) == 0 {
-		return nil
+		return false, nil
 	}
 	old := debug.SetPanicOnFault(true)
 	defer debug.SetPanicOnFault(old)
@@ -130,16 +125,36 @@ func checkOwner(db *bolt.DB, owner principal.Principal, readOnly bool) (err erro
 	})
 	switch {
 	case err != nil:
-		return err
-	case held == nil && !readOnly:
-		return db.Update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(keyOwner, owner.Raw)
-		})
+		return false, err
 	case held != nil && !bytes.Equal(held, owner.Raw):
-		return fmt.Errorf("%w: it belongs to %s, not %s", ErrOwner,
+		return false, fmt.Errorf("%w: it belongs to %s, not %s", ErrOwner,
 			principal.Principal{Raw: held}, owner)
 	}
-	return nil
+	return held == nil, nil
+}
+
+// setUp gives an empty file the buckets and the schema version, and
+// records owner, unless it is empty, as the store's principal, in one
+// transaction. With nothing to do, it writes nothing.
+func setUp(db *bolt.DB, empty bool, owner principal.Principal) (err error) {
+	if !empty && len(owner.Raw) == 0 {
+		return nil
+	}
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	defer recoverFault(&err)
+
+	return db.Update(func(tx *bolt.Tx) error {
+		if empty {
+			if err := create(tx); err != nil {
+				return err
+			}
+		}
+		if len(owner.Raw) == 0 {
+			return nil
+		}
+		return tx.Bucket(bucketMeta).Put(keyOwner, owner.Raw)
+	})
 }
 
 // create writes the buckets and the schema version into an empty file.

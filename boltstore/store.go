@@ -6,6 +6,12 @@
 // commit), so durable throughput grows with the number of callers. A file
 // is used by one process at a time: Open fails with ErrInUse when another
 // process holds it.
+//
+// Open reads the file's header, freelist, schema version and owner, and
+// none of the pages that hold records, so its cost does not grow with
+// them. Damage to those pages shows at the calls that meet it, except the
+// damage described at Open; Check, or Options.Check, reads the structure
+// of the whole file to find that too.
 package boltstore
 
 import (
@@ -71,8 +77,8 @@ const DefaultLockTimeout = 2 * time.Second
 
 // Options tunes Open. The zero value selects the defaults.
 type Options struct {
-	// LockTimeout is how long Open waits for the file's lock. Default
-	// DefaultLockTimeout.
+	// LockTimeout is how long Open waits, in all, for the file's lock.
+	// Default DefaultLockTimeout.
 	LockTimeout time.Duration
 
 	// ReadOnly opens the store for reading: it takes a shared lock, so
@@ -88,6 +94,12 @@ type Options struct {
 	// which keep their records per caller, and be processed again.
 	Owner principal.Principal
 
+	// Check makes Open run Store.Check before bbolt reads the freelist or
+	// any tree of the file, and refuse a file it finds damaged with
+	// ErrCorrupt. Open then reads the header of every page the file uses:
+	// its cost grows with the file.
+	Check bool
+
 	// Logger receives what the store reports on its own: damaged records
 	// that a scan skipped. Default: slog.Default().
 	Logger *slog.Logger
@@ -98,6 +110,7 @@ type Options struct {
 type Store struct {
 	db       *bolt.DB
 	file     *os.File // the file db opened, for Close to release when db cannot
+	path     string   // kept here: bbolt's own copy is cleared by its Close
 	readOnly bool
 	log      *slog.Logger
 
@@ -122,10 +135,71 @@ var _ asyncflow.Store = (*Store)(nil)
 
 // Open opens the store in the file at path, creating it if it does not
 // exist; a file it creates is synced into its folder before Open returns.
-// It reads the file's header, schema version and owner, and checks the
-// branch pages of its trees, so that damage bbolt would loop on is an
-// ErrCorrupt here; it reads none of the records, however many there are.
+// It reads the file's header, its freelist, its schema version and its
+// owner, and none of the records or the pages that hold them, however
+// many there are; only a file written without a freelist, which this
+// package never writes, is read whole, by bbolt, to rebuild it. A file
+// Open refuses is left as it was: bbolt opens it with its writes held
+// back until Open has accepted it.
+//
+// With Options.Check, Open first opens the file read-only and checks it
+// as Store.Check does, then opens it for writing. Both opens together
+// wait for the file's lock for at most Options.LockTimeout.
+//
+// Known shortcoming: without Options.Check or Store.Check, damaged pages
+// that Open does not read can send bbolt round a loop that kills or hangs
+// the process, or make a later write overwrite records still in use.
 func Open(path string, opts *Options) (*Store, error) {
+	o, err := withDefaults(opts)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(o.LockTimeout)
+
+	info, statErr := os.Stat(path)
+	created := errors.Is(statErr, fs.ErrNotExist)
+	switch {
+	case o.ReadOnly && statErr != nil:
+		return nil, fmt.Errorf("boltstore: %w", statErr)
+	case o.ReadOnly && info.Size() == 0:
+		// bbolt would try to write a new file's header, and fail.
+		return nil, fmt.Errorf("%w: %s is empty, and read-only", ErrNotStore, path)
+	}
+
+	// With Check, the file is checked through a read-only open, as
+	// bbolt's read-write open reads the freelist, and walks every tree of
+	// a file that has none to rebuild it.
+	var checked uint64
+	if o.ReadOnly || (o.Check && statErr == nil && info.Size() > 0) {
+		db, file, txid, err := openChecked(path, o, true, deadline, 0)
+		switch {
+		case err != nil:
+			return nil, err
+		case o.ReadOnly:
+			return newStore(path, db, file, o), nil
+		}
+		if err := db.Close(); err != nil {
+			return nil, fmt.Errorf("boltstore: closing %s after checking it: %w", path, err)
+		}
+		checked = txid
+	}
+
+	db, file, _, err := openChecked(path, o, false, deadline, checked)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+	}
+	return newStore(path, db, file, o), nil
+}
+
+// withDefaults returns the options opts selects, with the defaults filled
+// in.
+func withDefaults(opts *Options) (Options, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -137,63 +211,87 @@ func Open(path string, opts *Options) (*Store, error) {
 		o.Logger = slog.Default()
 	}
 	if len(o.Owner.Raw) > maxPrincipal {
-		return nil, fmt.Errorf("%w: owner of %d bytes", asyncflow.ErrInvalidPrincipal,
+		return o, fmt.Errorf("%w: owner of %d bytes", asyncflow.ErrInvalidPrincipal,
 			len(o.Owner.Raw))
 	}
-	_, statErr := os.Stat(path)
-	created := errors.Is(statErr, fs.ErrNotExist)
-	if o.ReadOnly {
-		info, err := os.Stat(path)
-		if err != nil {
-			return nil, fmt.Errorf("boltstore: %w", err)
-		}
-		// bbolt would try to write a new file's header, and fail.
-		if info.Size() == 0 {
-			return nil, fmt.Errorf("%w: %s is empty, and read-only", ErrNotStore, path)
-		}
-	}
+	return o, nil
+}
 
-	db, file, err := openDB(path, o)
-	if err != nil {
-		return nil, err
-	}
-	err = checkPages(db, file)
-	if err == nil {
-		err = checkSchema(db, o.ReadOnly)
-	}
-	if err == nil {
-		err = checkOwner(db, o.Owner, o.ReadOnly)
-	}
-	if err == nil && created {
-		err = syncDir(filepath.Dir(path))
-	}
-	if err != nil {
-		if errors.Is(err, ErrCorrupt) {
-			// A fault may have left bbolt's locks held, and its Close
-			// would wait for them: release the file without it.
-			_ = unlock(file)
-			_ = file.Close()
-		} else {
-			_ = db.Close()
-		}
-		return nil, fmt.Errorf("%w: %s", err, path)
-	}
-
-	s := &Store{db: db, file: file, readOnly: o.ReadOnly, log: o.Logger,
+// newStore starts the store on an opened and checked file.
+func newStore(path string, db *bolt.DB, file *os.File, o Options) *Store {
+	s := &Store{db: db, file: file, path: path, readOnly: o.ReadOnly, log: o.Logger,
 		changes: make(chan change, maxBatch), stopped: make(chan struct{}),
 		released: make(chan struct{})}
 	go s.commitLoop()
-	return s, nil
+	return s
 }
 
-// openDB opens the bbolt file, naming what went wrong in terms of a store.
-// It also returns the file bbolt opened.
+// openChecked opens the bbolt file at path, read-only or not, waiting for
+// its lock until deadline, and checks it: with Options.Check its pages,
+// unless it is still at transaction checked, whose pages passed; then its
+// schema version and owner. Opened for writing, a file that passed is
+// given the buckets if it is empty, and the owner if it has none. It
+// returns the transaction it checked, and on an error closes what it
+// opened.
+func openChecked(path string, o Options, readOnly bool, deadline time.Time,
+	checked uint64) (*bolt.DB, *os.File, uint64, error) {
+	db, file, err := openDB(path, o, readOnly, deadline)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+
+	txid, err := checkFile(db, file, o.Check, checked)
+	var version uint32
+	if err == nil {
+		version, err = checkSchema(db)
+	}
+	if err == nil && version == 0 && o.ReadOnly {
+		err = fmt.Errorf("%w: the file is empty, and read-only", ErrNotStore)
+	}
+	owner := o.Owner
+	if err == nil && version != 0 {
+		var record bool
+		record, err = checkOwner(db, o.Owner)
+		if !record {
+			owner = principal.Principal{}
+		}
+	}
+	if err == nil && !readOnly {
+		// Nothing refused the file: bbolt may write to it now, and
+		// its next commit writes a freelist if the file had none.
+		db.NoFreelistSync = false
+		err = setUp(db, version == 0, owner)
+	}
+	if err != nil {
+		release(db, file, err)
+		return nil, nil, 0, fmt.Errorf("%w: %s", err, path)
+	}
+	return db, file, txid, nil
+}
+
+// release closes db after Open failed with err. A fault inside bbolt may
+// have left its locks held, and its Close would wait for them: the file
+// is then released without it, and its map stays until the process
+// exits, as bbolt gives no way to unmap it.
+func release(db *bolt.DB, file *os.File, err error) {
+	var fault faultError
+	if errors.As(err, &fault) {
+		_ = unlock(file)
+		_ = file.Close()
+		return
+	}
+	_ = db.Close()
+}
+
+// openDB opens the bbolt file, read-only or not, naming what went wrong
+// in terms of a store. It also returns the file bbolt opened.
 //
 // A panic inside bbolt's Open, on pages it cannot read, loses the DB
 // with the file still open: openDB releases its lock and closes it. bbolt
 // gives no way to unmap the file, so the map stays until the process
 // exits.
-func openDB(path string, o Options) (db *bolt.DB, file *os.File, err error) {
+func openDB(path string, o Options, readOnly bool, deadline time.Time) (db *bolt.DB,
+	file *os.File, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			if file != nil {
@@ -214,8 +312,13 @@ func openDB(path string, o Options) (db *bolt.DB, file *os.File, err error) {
 		}
 		return f, err
 	}
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout,
-		ReadOnly: o.ReadOnly, OpenFile: openFile})
+	// bbolt takes a zero timeout to mean no limit; a tiny one tries once.
+	timeout := max(time.Until(deadline), time.Nanosecond)
+	// NoFreelistSync keeps bbolt's read-write open from writing: it would
+	// commit a freelist into a file that has none, such as one a newer
+	// version wrote with NoFreelistSync, before Open could refuse it.
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, ReadOnly: readOnly,
+		NoFreelistSync: true, OpenFile: openFile})
 
 	var errno syscall.Errno
 	switch {
@@ -233,9 +336,9 @@ func openDB(path string, o Options) (db *bolt.DB, file *os.File, err error) {
 	return nil, nil, fmt.Errorf("%w: %s: %v", ErrNotStore, path, err)
 }
 
-// Path returns the file the store is kept in.
+// Path returns the file the store is kept in, also after Close.
 func (s *Store) Path() string {
-	return s.db.Path()
+	return s.path
 }
 
 // Close waits for the changes under way, then closes the file and
@@ -349,8 +452,16 @@ func (s *Store) begin(writable bool) (tx *bolt.Tx, err error) {
 // was cut short.
 func recoverFault(err *error) {
 	if r := recover(); r != nil {
-		*err = fmt.Errorf("%w: %v", ErrCorrupt, r)
+		*err = fmt.Errorf("%w: %w", ErrCorrupt, faultError{r})
 	}
+}
+
+// faultError is what bbolt panicked with. It marks an error after which
+// bbolt may hold its own locks for ever.
+type faultError struct{ cause any }
+
+func (e faultError) Error() string {
+	return fmt.Sprint(e.cause)
 }
 
 // wrapErr names bbolt's errors in terms of the store.
