@@ -35,6 +35,13 @@ const DefaultDedupWindow = 24 * time.Hour
 // id's time may be: ICRC-1's permitted drift.
 const DefaultMaxClockSkew = 5 * time.Minute
 
+// DefaultGiveUpAfter is how long after a message's id time a sender
+// stops resending it, when the dedup window leaves room for it. The hour
+// it leaves of DefaultDedupWindow covers MaxClockSkew and a last send that
+// waits in the IC's queues: every send reaches a receiver that still
+// remembers whether it processed the id.
+const DefaultGiveUpAfter = 23 * time.Hour
+
 // DefaultSendWorkers is how many sends a Flow runs at once by default. A
 // send to a peer on a durable store lasts about that peer's fsync, so
 // fewer workers would leave its group commit with small batches.
@@ -83,6 +90,24 @@ type Config struct {
 	// CallAsync and then Forget the old one.
 	OnCorrupt func(ctx context.Context, c Corruption)
 
+	// OnGiveUp runs when the sender gives up on a message: no ack came
+	// within GiveUpAfter of its id time, or within RetryAfter of its
+	// MaxAttempts-th send. The message is stored as OutGivenUp first, is
+	// no longer resent, and stays listed by Messages until Forget.
+	//
+	// A give-up says only that no ack came: the receiver may have
+	// processed the message, and may still process a send that is on its
+	// way. If its ack arrives later, while the record is kept, the
+	// message is settled as usual: OnAck runs, the ackack leaves, and the
+	// record is forgotten. Sending the payload again under a new id may
+	// therefore have it processed twice; only the receiver can tell.
+	//
+	// OnGiveUp runs on the Flow's retry loop, which waits for it: it
+	// should be quick. It runs once per message while the process lives;
+	// a crash between the store and the call loses the call, not the
+	// record.
+	OnGiveUp func(ctx context.Context, g GiveUp)
+
 	// OnProcessed runs after a new message's record is committed, before
 	// its ack leaves.
 	OnProcessed func(p Processed)
@@ -105,6 +130,22 @@ type Config struct {
 	// may be; one further ahead is refused. Default DefaultMaxClockSkew;
 	// less than DedupWindow.
 	MaxClockSkew time.Duration
+
+	// GiveUpAfter is how long after a message's id time the sender keeps
+	// resending it; then it gives up (see OnGiveUp). New refuses a value
+	// for which GiveUpAfter + MaxClockSkew >= DedupWindow: while the
+	// sender still resends, a receiver whose clock runs up to MaxClockSkew
+	// ahead must still accept the message and remember whether it
+	// processed it. The rule is checked against this Flow's own window and
+	// skew, so peers should use the same ones. Default
+	// DefaultGiveUpAfter, or, if that breaks the rule, 23/24 of
+	// DedupWindow - MaxClockSkew.
+	GiveUpAfter time.Duration
+
+	// MaxAttempts is how many times the sender sends a message before it
+	// gives up on it, RetryAfter after the last send. Default 0: no limit,
+	// only GiveUpAfter.
+	MaxAttempts int
 
 	// MaxPayload limits the payloads CallAsync accepts, the payloads of
 	// new messages that arrive, and the ack payloads a Handler returns.
@@ -161,11 +202,14 @@ type Stats struct {
 	HandlerErrors uint64
 	// SendErrors counts submissions the transport failed or refused.
 	SendErrors uint64
+	// GivenUp counts messages the sender gave up on.
+	GivenUp uint64
 }
 
 type counters struct {
 	sent, resent, delivered, processed, duplicates atomic.Uint64
 	corrupt, rejected, handlerErrors, sendErrors   atomic.Uint64
+	givenUp                                        atomic.Uint64
 }
 
 // Flow runs both sides of the asyncflow protocol for one principal: it
@@ -294,6 +338,27 @@ func (cfg Config) withDefaults() (Config, error) {
 	case cfg.SendTimeout < 0:
 		return cfg, fmt.Errorf("%w: SendTimeout %s is negative", ErrInvalidConfig,
 			cfg.SendTimeout)
+	case cfg.MaxAttempts < 0:
+		return cfg, fmt.Errorf("%w: MaxAttempts %d is negative", ErrInvalidConfig,
+			cfg.MaxAttempts)
+	}
+	return cfg.withGiveUp()
+}
+
+// withGiveUp fills in GiveUpAfter and checks it against the dedup window,
+// which must be valid already.
+func (cfg Config) withGiveUp() (Config, error) {
+	room := cfg.DedupWindow - cfg.MaxClockSkew
+	if cfg.GiveUpAfter == 0 {
+		cfg.GiveUpAfter = DefaultGiveUpAfter
+		if cfg.GiveUpAfter >= room {
+			cfg.GiveUpAfter = room / 24 * 23
+		}
+	}
+	if cfg.GiveUpAfter <= 0 || cfg.GiveUpAfter >= room {
+		return cfg, fmt.Errorf("%w: GiveUpAfter %s must be positive, and shorter than "+
+			"DedupWindow %s - MaxClockSkew %s", ErrInvalidConfig, cfg.GiveUpAfter,
+			cfg.DedupWindow, cfg.MaxClockSkew)
 	}
 	return cfg, nil
 }
@@ -332,6 +397,7 @@ func (f *Flow) Stats() Stats {
 		Processed: c.processed.Load(), Duplicates: c.duplicates.Load(),
 		Corrupt: c.corrupt.Load(), Rejected: c.rejected.Load(),
 		HandlerErrors: c.handlerErrors.Load(), SendErrors: c.sendErrors.Load(),
+		GivenUp: c.givenUp.Load(),
 	}
 }
 

@@ -13,7 +13,8 @@ import (
 // returns its id. The message is in the store before CallAsync returns and
 // before its first send; the send itself happens in the background, and is
 // repeated every RetryAfter until the target's ack arrives. When it does,
-// OnAck (or, on a hash mismatch, OnCorrupt) runs.
+// OnAck (or, on a hash mismatch, OnCorrupt) runs. If it does not come
+// within GiveUpAfter or MaxAttempts sends, OnGiveUp runs.
 //
 // CallAsync refuses an empty or anonymous target (ErrInvalidPrincipal), a
 // payload over MaxPayload (ErrPayloadTooLarge), and a target the transport
@@ -48,7 +49,7 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 		Payload:  payload,
 		State:    OutPending,
 		Attempts: 1,
-		NextSend: now.Add(f.cfg.RetryAfter),
+		NextSend: f.nextSend(id, now),
 	}
 	if err := f.store.PutOutgoing(ctx, rec); err != nil {
 		return MsgID{}, fmt.Errorf("asyncflow: storing message %s: %w", id, err)
@@ -137,6 +138,10 @@ func (f *Flow) settleAck(ctx context.Context, caller principal.Principal,
 
 	verdict := decideAck(held, caller, ack, f.cfg.StrictHash)
 	if verdict == ackAccept || verdict == ackCorrupt {
+		if rec.State == OutGivenUp {
+			f.log.Info("asyncflow: an ack came for a message given up; it was processed",
+				"to", rec.To.String(), "msg_id", rec.MsgID.String())
+		}
 		rec = rec.acked(ack, verdict == ackCorrupt)
 		if err := f.store.PutOutgoing(ctx, rec); err != nil {
 			return 0, rec, fmt.Errorf("asyncflow: storing ack of %s: %w", ack.MsgID, err)
@@ -183,10 +188,12 @@ func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
 	}
 }
 
-// resendMessage sends a due newMessage again and moves its due time. A
-// message whose previous send has not left yet is not queued twice. It
-// reports whether the record was due and moved.
-func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) (bool, error) {
+// resendMessage sends a due newMessage again and moves its due time, or
+// gives up on it. A message whose previous send has not left yet is not
+// queued twice. It reports whether the record was due and moved, and the
+// give-up to report once the record's lock is released.
+func (f *Flow) resendMessage(ctx context.Context, id MsgID,
+	now time.Time) (bool, *GiveUp, error) {
 	lock := f.lockFor(id)
 	lock.Lock()
 	defer lock.Unlock()
@@ -194,19 +201,44 @@ func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) (bool
 	rec, err := f.store.Outgoing(ctx, id)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return false, nil
+		return false, nil, nil
 	case err != nil:
-		return false, err
+		return false, nil, err
 	case rec.State != OutPending || rec.NextSend.After(now):
-		return false, nil
+		return false, nil, nil
+	}
+
+	reason, giveUp := decideDue(rec, now, f.cfg.GiveUpAfter, f.cfg.MaxAttempts)
+	if giveUp {
+		if err := f.store.PutOutgoing(ctx, rec.givenUp()); err != nil {
+			return false, nil, fmt.Errorf("asyncflow: giving up on %s: %w", id, err)
+		}
+		return true, &GiveUp{To: rec.To, MsgID: id, Payload: rec.Payload,
+			Attempts: rec.Attempts, FirstSent: id.Time(), Reason: reason}, nil
 	}
 
 	if f.sendMessage(rec, false) {
 		rec.Attempts++
 		f.stats.resent.Add(1)
 	}
-	rec.NextSend = now.Add(f.cfg.RetryAfter)
-	return true, f.store.PutOutgoing(ctx, rec)
+	rec.NextSend = f.nextSend(id, now)
+	return true, nil, f.store.PutOutgoing(ctx, rec)
+}
+
+// nextSend returns when the message id, sent at now, is due again.
+func (f *Flow) nextSend(id MsgID, now time.Time) time.Time {
+	return nextSend(id, now, f.cfg.RetryAfter, f.cfg.GiveUpAfter)
+}
+
+// reportGiveUp counts, logs and reports a message the sender gave up on.
+func (f *Flow) reportGiveUp(ctx context.Context, g GiveUp) {
+	f.stats.givenUp.Add(1)
+	f.log.Warn("asyncflow: gave up on a message; the receiver may have processed it",
+		"to", g.To.String(), "msg_id", g.MsgID.String(), "reason", g.Reason.String(),
+		"attempts", g.Attempts, "first_sent", g.FirstSent)
+	if f.cfg.OnGiveUp != nil {
+		f.logPanic(guard("OnGiveUp", func() { f.cfg.OnGiveUp(ctx, g) }))
+	}
 }
 
 // resumeAcked finishes messages a previous Flow recorded as acked but did
@@ -221,7 +253,8 @@ func (f *Flow) resumeAcked(recs []Outgoing) {
 }
 
 // Messages returns the sender's records in state s, in id order: for
-// example the corrupt messages waiting for the user's decision.
+// example the corrupt or given-up messages waiting for the user's
+// decision.
 func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
 	ctx, done, err := f.enter(ctx)
 	if err != nil {
