@@ -147,6 +147,15 @@ type Config struct {
 	// only GiveUpAfter.
 	MaxAttempts int
 
+	// MaxInFlight is how many messages to one target may be pending, sent
+	// and waiting for their ack, at once. CallAsync to a target that has
+	// that many waits until one of them is acked, found corrupt, given up
+	// or forgotten, or until its context ends; with FailWhenFull it fails
+	// at once. Either error wraps ErrTooManyInFlight. Pending messages an
+	// earlier Flow left in the store count too, and may exceed the limit
+	// if it was lowered. Default DefaultMaxInFlight.
+	MaxInFlight int
+
 	// MaxPayload limits the payloads CallAsync accepts, the payloads of
 	// new messages that arrive, and the ack payloads a Handler returns.
 	// Default DefaultMaxPayload.
@@ -228,6 +237,9 @@ type Flow struct {
 	queue  *sendQueue
 	wake   chan struct{}
 
+	// inFlight counts the pending messages per target.
+	inFlight *inFlight
+
 	// locks serialise the read-modify-write of one record; a record's
 	// lock is chosen by its id's last two bytes, which are random. A lock
 	// is held across a durable write, so there are enough of them that
@@ -256,7 +268,7 @@ type Flow struct {
 // New validates cfg, fills in its defaults and starts a Flow: its send
 // workers and its retry loop. Messages left pending or acked in the store
 // by an earlier Flow are picked up: acked ones have their callbacks run
-// again, pending ones are resent when due.
+// again, pending ones count against MaxInFlight and are resent when due.
 func New(cfg Config) (*Flow, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -265,13 +277,14 @@ func New(cfg Config) (*Flow, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Flow{
-		cfg:    cfg,
-		store:  cfg.Store,
-		log:    cfg.Logger,
-		ctx:    ctx,
-		cancel: cancel,
-		queue:  newSendQueue(),
-		wake:   make(chan struct{}, 1),
+		cfg:      cfg,
+		store:    cfg.Store,
+		log:      cfg.Logger,
+		ctx:      ctx,
+		cancel:   cancel,
+		queue:    newSendQueue(),
+		wake:     make(chan struct{}, 1),
+		inFlight: newInFlight(cfg.MaxInFlight),
 	}
 	if f.store == nil {
 		f.store, f.ownsStore = NewMemoryStore(), true
@@ -287,6 +300,10 @@ func New(cfg Config) (*Flow, error) {
 		cancel()
 		return nil, fmt.Errorf("asyncflow: reading acked messages: %w", err)
 	}
+	if err := f.countPending(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
 
 	for range cfg.SendWorkers {
 		f.wg.Go(f.sendWorker)
@@ -294,6 +311,20 @@ func New(cfg Config) (*Flow, error) {
 	f.wg.Go(f.retryLoop)
 	f.wg.Go(func() { f.resumeAcked(acked) })
 	return f, nil
+}
+
+// countPending counts the pending messages an earlier Flow left against
+// their targets' MaxInFlight. The Store has no way to list ids without
+// their payloads, so this reads every pending payload once.
+func (f *Flow) countPending(ctx context.Context) error {
+	pending, err := f.store.ListOutgoing(ctx, OutPending)
+	if err != nil {
+		return fmt.Errorf("asyncflow: reading pending messages: %w", err)
+	}
+	for _, rec := range pending {
+		f.inFlight.adopt(rec.MsgID, rec.To)
+	}
+	return nil
 }
 
 func (cfg Config) withDefaults() (Config, error) {
@@ -314,6 +345,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.SendWorkers == 0 {
 		cfg.SendWorkers = DefaultSendWorkers
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
 	}
 	if cfg.SendTimeout == 0 {
 		cfg.SendTimeout = 30 * time.Second
@@ -338,6 +372,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	case cfg.SendTimeout < 0:
 		return cfg, fmt.Errorf("%w: SendTimeout %s is negative", ErrInvalidConfig,
 			cfg.SendTimeout)
+	case cfg.MaxInFlight < 0:
+		return cfg, fmt.Errorf("%w: MaxInFlight %d is negative", ErrInvalidConfig,
+			cfg.MaxInFlight)
 	case cfg.MaxAttempts < 0:
 		return cfg, fmt.Errorf("%w: MaxAttempts %d is negative", ErrInvalidConfig,
 			cfg.MaxAttempts)

@@ -16,11 +16,16 @@ import (
 // OnAck (or, on a hash mismatch, OnCorrupt) runs. If it does not come
 // within GiveUpAfter or MaxAttempts sends, OnGiveUp runs.
 //
+// While target has MaxInFlight messages pending, CallAsync waits for one
+// of them to settle, in the order the calls came, until ctx ends; with
+// the option FailWhenFull it does not wait. Either way it then returns an
+// error wrapping ErrTooManyInFlight, and, if ctx ended, ctx's error too.
+//
 // CallAsync refuses an empty or anonymous target (ErrInvalidPrincipal), a
 // payload over MaxPayload (ErrPayloadTooLarge), and a target the transport
 // has no route to (ErrNoRoute), before storing anything.
 func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
-	payload []byte) (MsgID, error) {
+	payload []byte, opts ...CallOption) (MsgID, error) {
 	if err := CheckPeer(target); err != nil {
 		return MsgID{}, err
 	}
@@ -32,16 +37,56 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 			return MsgID{}, err
 		}
 	}
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	ctx, done, err := f.enter(ctx)
 	if err != nil {
 		return MsgID{}, err
 	}
 	defer done()
 
+	if err := f.inFlight.reserve(ctx, target, !o.failWhenFull); err != nil {
+		if f.ctx.Err() != nil {
+			return MsgID{}, ErrClosed
+		}
+		return MsgID{}, err
+	}
+	rec, err := f.storeNew(ctx, target, payload)
+	if err != nil {
+		return MsgID{}, err
+	}
+	f.poke()
+
+	f.stats.sent.Add(1)
+	f.sendMessage(rec, true)
+	return rec.MsgID, nil
+}
+
+// CallOption changes how one CallAsync behaves.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	failWhenFull bool
+}
+
+// FailWhenFull makes CallAsync fail at once with ErrTooManyInFlight when
+// the target has MaxInFlight messages pending, instead of waiting for one
+// of them to settle.
+func FailWhenFull() CallOption {
+	return func(o *callOptions) { o.failWhenFull = true }
+}
+
+// storeNew stores a new message to target in the in-flight slot reserved
+// for it, and returns its record. On failure the slot is given back.
+func (f *Flow) storeNew(ctx context.Context, target principal.Principal,
+	payload []byte) (Outgoing, error) {
 	now := time.Now()
 	id, err := NewMsgID(now)
 	if err != nil {
-		return MsgID{}, err
+		f.inFlight.unreserve(target)
+		return Outgoing{}, err
 	}
 	rec := Outgoing{
 		MsgID:    id,
@@ -51,14 +96,19 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 		Attempts: 1,
 		NextSend: f.nextSend(id, now),
 	}
-	if err := f.store.PutOutgoing(ctx, rec); err != nil {
-		return MsgID{}, fmt.Errorf("asyncflow: storing message %s: %w", id, err)
-	}
-	f.poke()
 
-	f.stats.sent.Add(1)
-	f.sendMessage(rec, true)
-	return id, nil
+	// Under the record's lock, so that a Forget of the id, which releases
+	// its slot, comes before the slot is held or after the record exists.
+	lock := f.lockFor(id)
+	lock.Lock()
+	defer lock.Unlock()
+
+	f.inFlight.hold(id, target)
+	if err := f.store.PutOutgoing(ctx, rec); err != nil {
+		f.inFlight.release(id)
+		return Outgoing{}, fmt.Errorf("asyncflow: storing message %s: %w", id, err)
+	}
+	return rec, nil
 }
 
 // sendMessage queues the newMessage of rec unless its last send has not
@@ -146,6 +196,7 @@ func (f *Flow) settleAck(ctx context.Context, caller principal.Principal,
 		if err := f.store.PutOutgoing(ctx, rec); err != nil {
 			return 0, rec, fmt.Errorf("asyncflow: storing ack of %s: %w", ack.MsgID, err)
 		}
+		f.inFlight.release(rec.MsgID)
 	}
 	return verdict, rec, nil
 }
@@ -213,6 +264,7 @@ func (f *Flow) resendMessage(ctx context.Context, id MsgID,
 		if err := f.store.PutOutgoing(ctx, rec.givenUp()); err != nil {
 			return false, nil, fmt.Errorf("asyncflow: giving up on %s: %w", id, err)
 		}
+		f.inFlight.release(id)
 		return true, &GiveUp{To: rec.To, MsgID: id, Payload: rec.Payload,
 			Attempts: rec.Attempts, FirstSent: id.Time(), Reason: reason}, nil
 	}
@@ -266,8 +318,9 @@ func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
 }
 
 // Forget removes the sender's record of id, whatever its state: a pending
-// message is no longer resent, and a late ack for it is answered with
-// ackack and nothing else. Forgetting an unknown id is not an error.
+// message is no longer resent, no longer counts against MaxInFlight, and
+// a late ack for it is answered with ackack and nothing else. Forgetting
+// an unknown id is not an error.
 func (f *Flow) Forget(ctx context.Context, id MsgID) error {
 	ctx, done, err := f.enter(ctx)
 	if err != nil {
@@ -279,5 +332,9 @@ func (f *Flow) Forget(ctx context.Context, id MsgID) error {
 	lock.Lock()
 	defer lock.Unlock()
 
-	return f.store.DeleteOutgoing(ctx, id)
+	if err := f.store.DeleteOutgoing(ctx, id); err != nil {
+		return err
+	}
+	f.inFlight.release(id)
+	return nil
 }
