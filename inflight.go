@@ -132,6 +132,15 @@ func (s *inFlight) release(id MsgID) {
 	s.free(key)
 }
 
+// holds reports whether id is counted as pending.
+func (s *inFlight) holds(id MsgID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	_, ok := s.ids[id]
+	return ok
+}
+
 // count returns how many slots of target are taken.
 func (s *inFlight) count(target principal.Principal) int {
 	s.mu.Lock()

@@ -77,7 +77,7 @@ func (f *Flow) resendDueOnce(ctx context.Context, now time.Time) (bool, error) {
 	}
 	moved := 0
 	for _, m := range outs {
-		ok, giveUp, err := f.resendMessage(ctx, m.MsgID, now)
+		ok, giveUp, err := f.resendMessage(ctx, m, now)
 		if err != nil {
 			return false, err
 		}

@@ -239,24 +239,21 @@ func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
 	}
 }
 
-// resendMessage sends a due newMessage again and moves its due time, or
-// gives up on it. A message whose previous send has not left yet is not
-// queued twice. It reports whether the record was due and moved, and the
-// give-up to report once the record's lock is released.
-func (f *Flow) resendMessage(ctx context.Context, id MsgID,
+// resendMessage sends the due message of the record due, which the due
+// scan returned, again and moves its due time, or gives up on it. A
+// message whose previous send has not left yet is not queued twice. It
+// reports whether the record was due and moved, and the give-up to report
+// once the record's lock is released.
+func (f *Flow) resendMessage(ctx context.Context, due Outgoing,
 	now time.Time) (bool, *GiveUp, error) {
+	id := due.MsgID
 	lock := f.lockFor(id)
 	lock.Lock()
 	defer lock.Unlock()
 
-	rec, err := f.store.Outgoing(ctx, id)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return false, nil, nil
-	case err != nil:
+	rec, ok, err := f.stillDue(ctx, due, now)
+	if err != nil || !ok {
 		return false, nil, err
-	case rec.State != OutPending || rec.NextSend.After(now):
-		return false, nil, nil
 	}
 
 	reason, giveUp := decideDue(rec, now, f.cfg.GiveUpAfter, f.cfg.MaxAttempts)
@@ -275,6 +272,31 @@ func (f *Flow) resendMessage(ctx context.Context, id MsgID,
 	}
 	rec.NextSend = f.nextSend(id, now)
 	return true, nil, f.store.PutOutgoing(ctx, rec)
+}
+
+// stillDue returns the current record of due, a message the due scan
+// returned, if it is still pending and due at now; the caller holds its
+// lock. A message counted in flight is pending, since whatever settles it
+// frees its slot under the same lock, and only the retry loop moves its
+// due time: the scanned copy is current, and the store is not read again.
+// Any other is read, and counted if it is pending after all.
+func (f *Flow) stillDue(ctx context.Context, due Outgoing, now time.Time) (Outgoing, bool,
+	error) {
+	if f.inFlight.holds(due.MsgID) {
+		return due, true, nil
+	}
+
+	rec, err := f.store.Outgoing(ctx, due.MsgID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return rec, false, nil
+	case err != nil:
+		return rec, false, err
+	case rec.State != OutPending || rec.NextSend.After(now):
+		return rec, false, nil
+	}
+	f.inFlight.adopt(rec.MsgID, rec.To)
+	return rec, true, nil
 }
 
 // nextSend returns when the message id, sent at now, is due again.
