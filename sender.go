@@ -239,9 +239,9 @@ func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
 	}
 }
 
-// resendMessage sends the due message of the record due, which the due
-// scan returned, again and moves its due time, or gives up on it. A
-// message whose previous send has not left yet is not queued twice. It
+// resendMessage sends the newMessage of due, a record the due scan
+// returned, again and moves its due time, or gives up on it. A message
+// whose previous send has not left yet is not queued twice. It
 // reports whether the record was due and moved, and the give-up to report
 // once the record's lock is released.
 func (f *Flow) resendMessage(ctx context.Context, due Outgoing,
@@ -280,8 +280,8 @@ func (f *Flow) resendMessage(ctx context.Context, due Outgoing,
 // frees its slot under the same lock, and only the retry loop moves its
 // due time: the scanned copy is current, and the store is not read again.
 // Any other is read, and counted if it is pending after all.
-func (f *Flow) stillDue(ctx context.Context, due Outgoing, now time.Time) (Outgoing, bool,
-	error) {
+func (f *Flow) stillDue(ctx context.Context, due Outgoing,
+	now time.Time) (Outgoing, bool, error) {
 	if f.inFlight.holds(due.MsgID) {
 		return due, true, nil
 	}
