@@ -35,6 +35,13 @@ const DefaultDedupWindow = 24 * time.Hour
 // id's time may be: ICRC-1's permitted drift.
 const DefaultMaxClockSkew = 5 * time.Minute
 
+// DefaultGiveUpAfter is how long after a message's id time a sender
+// stops resending it, when the dedup window leaves room for it. The hour
+// it leaves of DefaultDedupWindow covers MaxClockSkew and a last send that
+// waits in the IC's queues: every send reaches a receiver that still
+// remembers whether it processed the id.
+const DefaultGiveUpAfter = 23 * time.Hour
+
 // DefaultSendWorkers is how many sends a Flow runs at once by default. A
 // send to a peer on a durable store lasts about that peer's fsync, so
 // fewer workers would leave its group commit with small batches.
@@ -83,6 +90,24 @@ type Config struct {
 	// CallAsync and then Forget the old one.
 	OnCorrupt func(ctx context.Context, c Corruption)
 
+	// OnGiveUp runs when the sender gives up on a message: no ack came
+	// within GiveUpAfter of its id time, or within RetryAfter of its
+	// MaxAttempts-th send. The message is stored as OutGivenUp first, is
+	// no longer resent, and stays listed by Messages until Forget.
+	//
+	// A give-up says only that no ack came: the receiver may have
+	// processed the message, and may still process a send that is on its
+	// way. If its ack arrives later, while the record is kept, the
+	// message is settled as usual: OnAck runs, the ackack leaves, and the
+	// record is forgotten. Sending the payload again under a new id may
+	// therefore have it processed twice; only the receiver can tell.
+	//
+	// OnGiveUp runs on the Flow's retry loop, which waits for it: it
+	// should be quick. It runs once per message while the process lives;
+	// a crash between the store and the call loses the call, not the
+	// record.
+	OnGiveUp func(ctx context.Context, g GiveUp)
+
 	// OnProcessed runs after a new message's record is committed, before
 	// its ack leaves.
 	OnProcessed func(p Processed)
@@ -105,6 +130,31 @@ type Config struct {
 	// may be; one further ahead is refused. Default DefaultMaxClockSkew;
 	// less than DedupWindow.
 	MaxClockSkew time.Duration
+
+	// GiveUpAfter is how long after a message's id time the sender keeps
+	// resending it; then it gives up (see OnGiveUp). New refuses a value
+	// for which GiveUpAfter + MaxClockSkew >= DedupWindow: while the
+	// sender still resends, a receiver whose clock runs up to MaxClockSkew
+	// ahead must still accept the message and remember whether it
+	// processed it. The rule is checked against this Flow's own window and
+	// skew, so peers should use the same ones. Default
+	// DefaultGiveUpAfter, or, if that breaks the rule, 23/24 of
+	// DedupWindow - MaxClockSkew.
+	GiveUpAfter time.Duration
+
+	// MaxAttempts is how many times the sender sends a message before it
+	// gives up on it, RetryAfter after the last send. Default 0: no limit,
+	// only GiveUpAfter.
+	MaxAttempts int
+
+	// MaxInFlight is how many messages to one target may be pending, sent
+	// and waiting for their ack, at once. CallAsync to a target that has
+	// that many waits until one of them is acked, found corrupt, given up
+	// or forgotten, or until its context ends; with FailWhenFull it fails
+	// at once. Either error wraps ErrTooManyInFlight. Pending messages an
+	// earlier Flow left in the store count too, and may exceed the limit
+	// if it was lowered. Default DefaultMaxInFlight.
+	MaxInFlight int
 
 	// MaxPayload limits the payloads CallAsync accepts, the payloads of
 	// new messages that arrive, and the ack payloads a Handler returns.
@@ -161,11 +211,14 @@ type Stats struct {
 	HandlerErrors uint64
 	// SendErrors counts submissions the transport failed or refused.
 	SendErrors uint64
+	// GivenUp counts messages the sender gave up on.
+	GivenUp uint64
 }
 
 type counters struct {
 	sent, resent, delivered, processed, duplicates atomic.Uint64
 	corrupt, rejected, handlerErrors, sendErrors   atomic.Uint64
+	givenUp                                        atomic.Uint64
 }
 
 // Flow runs both sides of the asyncflow protocol for one principal: it
@@ -183,6 +236,9 @@ type Flow struct {
 	wg     sync.WaitGroup
 	queue  *sendQueue
 	wake   chan struct{}
+
+	// inFlight counts the pending messages per target.
+	inFlight *inFlight
 
 	// locks serialise the read-modify-write of one record; a record's
 	// lock is chosen by its id's last two bytes, which are random. A lock
@@ -212,7 +268,7 @@ type Flow struct {
 // New validates cfg, fills in its defaults and starts a Flow: its send
 // workers and its retry loop. Messages left pending or acked in the store
 // by an earlier Flow are picked up: acked ones have their callbacks run
-// again, pending ones are resent when due.
+// again, pending ones count against MaxInFlight and are resent when due.
 func New(cfg Config) (*Flow, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -221,13 +277,14 @@ func New(cfg Config) (*Flow, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Flow{
-		cfg:    cfg,
-		store:  cfg.Store,
-		log:    cfg.Logger,
-		ctx:    ctx,
-		cancel: cancel,
-		queue:  newSendQueue(),
-		wake:   make(chan struct{}, 1),
+		cfg:      cfg,
+		store:    cfg.Store,
+		log:      cfg.Logger,
+		ctx:      ctx,
+		cancel:   cancel,
+		queue:    newSendQueue(),
+		wake:     make(chan struct{}, 1),
+		inFlight: newInFlight(cfg.MaxInFlight),
 	}
 	if f.store == nil {
 		f.store, f.ownsStore = NewMemoryStore(), true
@@ -243,6 +300,10 @@ func New(cfg Config) (*Flow, error) {
 		cancel()
 		return nil, fmt.Errorf("asyncflow: reading acked messages: %w", err)
 	}
+	if err := f.countPending(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
 
 	for range cfg.SendWorkers {
 		f.wg.Go(f.sendWorker)
@@ -250,6 +311,20 @@ func New(cfg Config) (*Flow, error) {
 	f.wg.Go(f.retryLoop)
 	f.wg.Go(func() { f.resumeAcked(acked) })
 	return f, nil
+}
+
+// countPending counts the pending messages an earlier Flow left against
+// their targets' MaxInFlight. The Store has no way to list ids without
+// their payloads, so this reads every pending payload once.
+func (f *Flow) countPending(ctx context.Context) error {
+	pending, err := f.store.ListOutgoing(ctx, OutPending)
+	if err != nil {
+		return fmt.Errorf("asyncflow: reading pending messages: %w", err)
+	}
+	for _, rec := range pending {
+		f.inFlight.adopt(rec.MsgID, rec.To)
+	}
+	return nil
 }
 
 func (cfg Config) withDefaults() (Config, error) {
@@ -270,6 +345,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.SendWorkers == 0 {
 		cfg.SendWorkers = DefaultSendWorkers
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
 	}
 	if cfg.SendTimeout == 0 {
 		cfg.SendTimeout = 30 * time.Second
@@ -294,6 +372,30 @@ func (cfg Config) withDefaults() (Config, error) {
 	case cfg.SendTimeout < 0:
 		return cfg, fmt.Errorf("%w: SendTimeout %s is negative", ErrInvalidConfig,
 			cfg.SendTimeout)
+	case cfg.MaxInFlight < 0:
+		return cfg, fmt.Errorf("%w: MaxInFlight %d is negative", ErrInvalidConfig,
+			cfg.MaxInFlight)
+	case cfg.MaxAttempts < 0:
+		return cfg, fmt.Errorf("%w: MaxAttempts %d is negative", ErrInvalidConfig,
+			cfg.MaxAttempts)
+	}
+	return cfg.withGiveUp()
+}
+
+// withGiveUp fills in GiveUpAfter and checks it against the dedup window,
+// which must be valid already.
+func (cfg Config) withGiveUp() (Config, error) {
+	room := cfg.DedupWindow - cfg.MaxClockSkew
+	if cfg.GiveUpAfter == 0 {
+		cfg.GiveUpAfter = DefaultGiveUpAfter
+		if cfg.GiveUpAfter >= room {
+			cfg.GiveUpAfter = room / 24 * 23
+		}
+	}
+	if cfg.GiveUpAfter <= 0 || cfg.GiveUpAfter >= room {
+		return cfg, fmt.Errorf("%w: GiveUpAfter %s must be positive, and shorter than "+
+			"DedupWindow %s - MaxClockSkew %s", ErrInvalidConfig, cfg.GiveUpAfter,
+			cfg.DedupWindow, cfg.MaxClockSkew)
 	}
 	return cfg, nil
 }
@@ -332,6 +434,7 @@ func (f *Flow) Stats() Stats {
 		Processed: c.processed.Load(), Duplicates: c.duplicates.Load(),
 		Corrupt: c.corrupt.Load(), Rejected: c.rejected.Load(),
 		HandlerErrors: c.handlerErrors.Load(), SendErrors: c.sendErrors.Load(),
+		GivenUp: c.givenUp.Load(),
 	}
 }
 

@@ -49,4 +49,9 @@ var (
 	// ErrInvalidPrincipal is returned for an empty or anonymous principal
 	// where a real one is needed.
 	ErrInvalidPrincipal = errors.New("asyncflow: invalid principal")
+
+	// ErrTooManyInFlight is returned by CallAsync when its target has
+	// Config.MaxInFlight messages waiting for their ack, and the call was
+	// made with FailWhenFull or its context ended while it waited.
+	ErrTooManyInFlight = errors.New("asyncflow: too many messages in flight")
 )

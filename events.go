@@ -1,6 +1,8 @@
 package asyncflow
 
 import (
+	"time"
+
 	"github.com/aviate-labs/agent-go/principal"
 )
 
@@ -66,4 +68,44 @@ type Rejection struct {
 	Method string
 	// Reason is a one-line explanation.
 	Reason string
+}
+
+// GiveUp describes a message the sender stopped resending because no ack
+// came. The receiver may have processed it all the same.
+type GiveUp struct {
+	// To is the principal the message was sent to.
+	To principal.Principal
+	// MsgID is the message's id.
+	MsgID MsgID
+	// Payload is the payload that was sent.
+	Payload []byte
+	// Attempts is how many times the message was sent.
+	Attempts uint32
+	// FirstSent is when CallAsync stored the message: the time in its id,
+	// to the millisecond.
+	FirstSent time.Time
+	// Reason says which limit was reached.
+	Reason GiveUpReason
+}
+
+// GiveUpReason says why the sender gave up on a message.
+type GiveUpReason uint8
+
+const (
+	// GiveUpTooOld: Config.GiveUpAfter passed since the message's id time.
+	GiveUpTooOld GiveUpReason = iota + 1
+	// GiveUpTooManyAttempts: the message was sent Config.MaxAttempts
+	// times, and RetryAfter passed since the last send.
+	GiveUpTooManyAttempts
+)
+
+// String names the reason.
+func (r GiveUpReason) String() string {
+	switch r {
+	case GiveUpTooOld:
+		return "too-old"
+	case GiveUpTooManyAttempts:
+		return "too-many-attempts"
+	}
+	return "unknown"
 }

@@ -10,7 +10,7 @@ import (
 const retryBatch = 256
 
 // retryLoop resends whatever is due: newMessages still waiting for their
-// ack, and acks still waiting for their ackack. It sleeps until the
+// ack, unless it gives up on them, and acks still waiting for their ackack. It sleeps until the
 // store's earliest due time, or until a new record may have moved it.
 // One goroutine and one timer serve every pending message.
 func (f *Flow) retryLoop() {
@@ -77,9 +77,12 @@ func (f *Flow) resendDueOnce(ctx context.Context, now time.Time) (bool, error) {
 	}
 	moved := 0
 	for _, m := range outs {
-		ok, err := f.resendMessage(ctx, m.MsgID, now)
+		ok, giveUp, err := f.resendMessage(ctx, m, now)
 		if err != nil {
 			return false, err
+		}
+		if giveUp != nil {
+			f.reportGiveUp(ctx, *giveUp)
 		}
 		moved += btoi(ok)
 	}

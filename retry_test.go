@@ -1,7 +1,9 @@
 package asyncflow
 
 import (
+	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -146,5 +148,86 @@ func TestARetryDoesNotQueueAMessageWhoseSendHasNotLeft(t *testing.T) {
 		synctest.Wait()
 		require.Len(t, slow.sent(MethodNewMessage), 5)
 		require.Len(t, b.rec.snapshot().processed, 5)
+	})
+}
+
+// readCountingStore counts the reads of single outgoing records.
+type readCountingStore struct {
+	*MemoryStore
+	reads atomic.Int32
+}
+
+func (s *readCountingStore) Outgoing(ctx context.Context, id MsgID) (Outgoing, error) {
+	s.reads.Add(1)
+	return s.MemoryStore.Outgoing(ctx, id)
+}
+
+// The due scan already copied the record out of the store; a resend uses
+// that copy rather than reading the record once more.
+func TestAResendUsesTheRecordTheDueScanReturned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, err := NewNetwork(1, Faults{})
+		require.NoError(t, err)
+		defer net.Close()
+		st := &readCountingStore{MemoryStore: NewMemoryStore()}
+		a := newPeer(t, net, alice, func(c *Config) { c.Store = st })
+		newPeer(t, net, bob, nil)
+		net.Down(bob)
+
+		id, err := a.flow.CallAsync(t.Context(), bob, []byte("x"))
+		require.NoError(t, err)
+		time.Sleep(3 * DefaultRetryAfter)
+		synctest.Wait()
+
+		require.EqualValues(t, 3, a.flow.Stats().Resent)
+		require.Zero(t, st.reads.Load(), "no record read again")
+		rec, err := st.MemoryStore.Outgoing(t.Context(), id)
+		require.NoError(t, err)
+		require.EqualValues(t, 4, rec.Attempts)
+		require.True(t, rec.NextSend.Equal(time.Now().Add(DefaultRetryAfter)))
+	})
+}
+
+// A pending record the Flow does not count, because something else put
+// it in the store, is read before it is resent, and counted from then on.
+func TestAPendingRecordTheFlowDidNotCountIsResentAndCounted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, nil)
+		net.Down(bob)
+		id := newID(t)
+		require.NoError(t, a.store.PutOutgoing(t.Context(), Outgoing{MsgID: id, To: bob,
+			Payload: []byte("x"), State: OutPending, Attempts: 1, NextSend: time.Now()}))
+
+		time.Sleep(DefaultRetryAfter)
+		synctest.Wait()
+		require.NotEmpty(t, a.probe.sent(MethodNewMessage))
+		require.Equal(t, 1, a.flow.inFlight.count(bob))
+
+		require.NoError(t, a.flow.Forget(t.Context(), id))
+		require.Zero(t, a.flow.inFlight.count(bob))
+	})
+}
+
+// The due scan's copy may be stale by the time the retry takes the
+// record's lock: an ack settled the message meanwhile. The retry must not
+// bring the settled message back to pending.
+func TestAResendOfAStaleCopyLeavesASettledMessageAlone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, nil)
+		id := pendingMessage(t, net, a, []byte("x"))
+		stale, err := a.store.Outgoing(t.Context(), id)
+		require.NoError(t, err)
+
+		ackFrom(t, a.flow, bob, Ack{MsgID: id, Hash: SomeHash(1), Payload: []byte("r")})
+		moved, giveUp, err := a.flow.resendMessage(t.Context(), stale,
+			time.Now().Add(DefaultRetryAfter))
+		require.NoError(t, err)
+		require.False(t, moved)
+		require.Nil(t, giveUp)
+
+		rec, err := a.store.Outgoing(t.Context(), id)
+		require.NoError(t, err)
+		require.Equal(t, OutCorrupt, rec.State, "still corrupt, not pending")
+		require.Len(t, a.probe.sent(MethodNewMessage), 1, "and not resent")
 	})
 }

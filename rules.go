@@ -19,7 +19,9 @@ const (
 	ackUnknown ackVerdict = iota + 1
 	// ackNotPeer: the caller is not the message's target. Change nothing.
 	ackNotPeer
-	// ackAccept: record acked, run the callback, send ackack, forget.
+	// ackAccept: record acked, run the callback, send ackack, forget. A
+	// message the sender gave up on is accepted too: the receiver did
+	// process it, and the user learns so.
 	ackAccept
 	// ackCorrupt: the receiver processed other bytes. Record corrupt,
 	// report, and still send ackack so the receiver stops resending.
@@ -37,7 +39,7 @@ func decideAck(rec *Outgoing, caller principal.Principal, ack Ack, strict bool) 
 		return ackUnknown
 	case !rec.To.Equal(caller):
 		return ackNotPeer
-	case rec.State != OutPending:
+	case rec.State != OutPending && rec.State != OutGivenUp:
 		return ackRepeat
 	case !ack.Hash.Matches(rec.Payload, strict):
 		return ackCorrupt
@@ -54,6 +56,42 @@ func (rec Outgoing) acked(ack Ack, corrupt bool) Outgoing {
 	}
 	rec.Ack = ack.Payload
 	rec.AckHash = ack.Hash
+	rec.NextSend = time.Time{}
+	return rec
+}
+
+// decideDue applies the sender's rules to a pending message that is due
+// at now: it says whether to give up on it, and why, instead of resending.
+// maxAttempts 0 sets no limit.
+func decideDue(rec Outgoing, now time.Time, giveUpAfter time.Duration,
+	maxAttempts int) (GiveUpReason, bool) {
+	switch {
+	case !now.Before(giveUpAt(rec.MsgID, giveUpAfter)):
+		return GiveUpTooOld, true
+	case maxAttempts > 0 && int64(rec.Attempts) >= int64(maxAttempts):
+		return GiveUpTooManyAttempts, true
+	}
+	return 0, false
+}
+
+// giveUpAt returns when the sender gives up on id if no ack came.
+func giveUpAt(id MsgID, giveUpAfter time.Duration) time.Time {
+	return id.Time().Add(giveUpAfter)
+}
+
+// nextSend returns when a message of id sent at now is due again: after
+// retryAfter, or earlier, when the sender gives up on it.
+func nextSend(id MsgID, now time.Time, retryAfter, giveUpAfter time.Duration) time.Time {
+	next := now.Add(retryAfter)
+	if end := giveUpAt(id, giveUpAfter); end.Before(next) {
+		return end
+	}
+	return next
+}
+
+// givenUp returns rec moved to the given-up state, no longer due.
+func (rec Outgoing) givenUp() Outgoing {
+	rec.State = OutGivenUp
 	rec.NextSend = time.Time{}
 	return rec
 }

@@ -13,13 +13,19 @@ import (
 // returns its id. The message is in the store before CallAsync returns and
 // before its first send; the send itself happens in the background, and is
 // repeated every RetryAfter until the target's ack arrives. When it does,
-// OnAck (or, on a hash mismatch, OnCorrupt) runs.
+// OnAck (or, on a hash mismatch, OnCorrupt) runs. If it does not come
+// within GiveUpAfter or MaxAttempts sends, OnGiveUp runs.
+//
+// While target has MaxInFlight messages pending, CallAsync waits for one
+// of them to settle, in the order the calls came, until ctx ends; with
+// the option FailWhenFull it does not wait. Either way it then returns an
+// error wrapping ErrTooManyInFlight, and, if ctx ended, ctx's error too.
 //
 // CallAsync refuses an empty or anonymous target (ErrInvalidPrincipal), a
 // payload over MaxPayload (ErrPayloadTooLarge), and a target the transport
 // has no route to (ErrNoRoute), before storing anything.
 func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
-	payload []byte) (MsgID, error) {
+	payload []byte, opts ...CallOption) (MsgID, error) {
 	if err := CheckPeer(target); err != nil {
 		return MsgID{}, err
 	}
@@ -31,16 +37,56 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 			return MsgID{}, err
 		}
 	}
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	ctx, done, err := f.enter(ctx)
 	if err != nil {
 		return MsgID{}, err
 	}
 	defer done()
 
+	if err := f.inFlight.reserve(ctx, target, !o.failWhenFull); err != nil {
+		if f.ctx.Err() != nil {
+			return MsgID{}, ErrClosed
+		}
+		return MsgID{}, err
+	}
+	rec, err := f.storeNew(ctx, target, payload)
+	if err != nil {
+		return MsgID{}, err
+	}
+	f.poke()
+
+	f.stats.sent.Add(1)
+	f.sendMessage(rec, true)
+	return rec.MsgID, nil
+}
+
+// CallOption changes how one CallAsync behaves.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	failWhenFull bool
+}
+
+// FailWhenFull makes CallAsync fail at once with ErrTooManyInFlight when
+// the target has MaxInFlight messages pending, instead of waiting for one
+// of them to settle.
+func FailWhenFull() CallOption {
+	return func(o *callOptions) { o.failWhenFull = true }
+}
+
+// storeNew stores a new message to target in the in-flight slot reserved
+// for it, and returns its record. On failure the slot is given back.
+func (f *Flow) storeNew(ctx context.Context, target principal.Principal,
+	payload []byte) (Outgoing, error) {
 	now := time.Now()
 	id, err := NewMsgID(now)
 	if err != nil {
-		return MsgID{}, err
+		f.inFlight.unreserve(target)
+		return Outgoing{}, err
 	}
 	rec := Outgoing{
 		MsgID:    id,
@@ -48,16 +94,21 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 		Payload:  payload,
 		State:    OutPending,
 		Attempts: 1,
-		NextSend: now.Add(f.cfg.RetryAfter),
+		NextSend: f.nextSend(id, now),
 	}
-	if err := f.store.PutOutgoing(ctx, rec); err != nil {
-		return MsgID{}, fmt.Errorf("asyncflow: storing message %s: %w", id, err)
-	}
-	f.poke()
 
-	f.stats.sent.Add(1)
-	f.sendMessage(rec, true)
-	return id, nil
+	// Under the record's lock, so that a Forget of the id, which releases
+	// its slot, comes before the slot is held or after the record exists.
+	lock := f.lockFor(id)
+	lock.Lock()
+	defer lock.Unlock()
+
+	f.inFlight.hold(id, target)
+	if err := f.store.PutOutgoing(ctx, rec); err != nil {
+		f.inFlight.release(id)
+		return Outgoing{}, fmt.Errorf("asyncflow: storing message %s: %w", id, err)
+	}
+	return rec, nil
 }
 
 // sendMessage queues the newMessage of rec unless its last send has not
@@ -137,10 +188,15 @@ func (f *Flow) settleAck(ctx context.Context, caller principal.Principal,
 
 	verdict := decideAck(held, caller, ack, f.cfg.StrictHash)
 	if verdict == ackAccept || verdict == ackCorrupt {
+		if rec.State == OutGivenUp {
+			f.log.Info("asyncflow: an ack came for a message given up; it was processed",
+				"to", rec.To.String(), "msg_id", rec.MsgID.String())
+		}
 		rec = rec.acked(ack, verdict == ackCorrupt)
 		if err := f.store.PutOutgoing(ctx, rec); err != nil {
 			return 0, rec, fmt.Errorf("asyncflow: storing ack of %s: %w", ack.MsgID, err)
 		}
+		f.inFlight.release(rec.MsgID)
 	}
 	return verdict, rec, nil
 }
@@ -183,30 +239,80 @@ func (f *Flow) reportCorrupt(ctx context.Context, c Corruption) {
 	}
 }
 
-// resendMessage sends a due newMessage again and moves its due time. A
-// message whose previous send has not left yet is not queued twice. It
-// reports whether the record was due and moved.
-func (f *Flow) resendMessage(ctx context.Context, id MsgID, now time.Time) (bool, error) {
+// resendMessage sends the newMessage of due, a record the due scan
+// returned, again and moves its due time, or gives up on it. A message
+// whose previous send has not left yet is not queued twice. It
+// reports whether the record was due and moved, and the give-up to report
+// once the record's lock is released.
+func (f *Flow) resendMessage(ctx context.Context, due Outgoing,
+	now time.Time) (bool, *GiveUp, error) {
+	id := due.MsgID
 	lock := f.lockFor(id)
 	lock.Lock()
 	defer lock.Unlock()
 
-	rec, err := f.store.Outgoing(ctx, id)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return false, nil
-	case err != nil:
-		return false, err
-	case rec.State != OutPending || rec.NextSend.After(now):
-		return false, nil
+	rec, ok, err := f.stillDue(ctx, due, now)
+	if err != nil || !ok {
+		return false, nil, err
+	}
+
+	reason, giveUp := decideDue(rec, now, f.cfg.GiveUpAfter, f.cfg.MaxAttempts)
+	if giveUp {
+		if err := f.store.PutOutgoing(ctx, rec.givenUp()); err != nil {
+			return false, nil, fmt.Errorf("asyncflow: giving up on %s: %w", id, err)
+		}
+		f.inFlight.release(id)
+		return true, &GiveUp{To: rec.To, MsgID: id, Payload: rec.Payload,
+			Attempts: rec.Attempts, FirstSent: id.Time(), Reason: reason}, nil
 	}
 
 	if f.sendMessage(rec, false) {
 		rec.Attempts++
 		f.stats.resent.Add(1)
 	}
-	rec.NextSend = now.Add(f.cfg.RetryAfter)
-	return true, f.store.PutOutgoing(ctx, rec)
+	rec.NextSend = f.nextSend(id, now)
+	return true, nil, f.store.PutOutgoing(ctx, rec)
+}
+
+// stillDue returns the current record of due, a message the due scan
+// returned, if it is still pending and due at now; the caller holds its
+// lock. A message counted in flight is pending, since whatever settles it
+// frees its slot under the same lock, and only the retry loop moves its
+// due time: the scanned copy is current, and the store is not read again.
+// Any other is read, and counted if it is pending after all.
+func (f *Flow) stillDue(ctx context.Context, due Outgoing,
+	now time.Time) (Outgoing, bool, error) {
+	if f.inFlight.holds(due.MsgID) {
+		return due, true, nil
+	}
+
+	rec, err := f.store.Outgoing(ctx, due.MsgID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return rec, false, nil
+	case err != nil:
+		return rec, false, err
+	case rec.State != OutPending || rec.NextSend.After(now):
+		return rec, false, nil
+	}
+	f.inFlight.adopt(rec.MsgID, rec.To)
+	return rec, true, nil
+}
+
+// nextSend returns when the message id, sent at now, is due again.
+func (f *Flow) nextSend(id MsgID, now time.Time) time.Time {
+	return nextSend(id, now, f.cfg.RetryAfter, f.cfg.GiveUpAfter)
+}
+
+// reportGiveUp counts, logs and reports a message the sender gave up on.
+func (f *Flow) reportGiveUp(ctx context.Context, g GiveUp) {
+	f.stats.givenUp.Add(1)
+	f.log.Warn("asyncflow: gave up on a message; the receiver may have processed it",
+		"to", g.To.String(), "msg_id", g.MsgID.String(), "reason", g.Reason.String(),
+		"attempts", g.Attempts, "first_sent", g.FirstSent)
+	if f.cfg.OnGiveUp != nil {
+		f.logPanic(guard("OnGiveUp", func() { f.cfg.OnGiveUp(ctx, g) }))
+	}
 }
 
 // resumeAcked finishes messages a previous Flow recorded as acked but did
@@ -221,7 +327,8 @@ func (f *Flow) resumeAcked(recs []Outgoing) {
 }
 
 // Messages returns the sender's records in state s, in id order: for
-// example the corrupt messages waiting for the user's decision.
+// example the corrupt or given-up messages waiting for the user's
+// decision.
 func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
 	ctx, done, err := f.enter(ctx)
 	if err != nil {
@@ -233,8 +340,9 @@ func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
 }
 
 // Forget removes the sender's record of id, whatever its state: a pending
-// message is no longer resent, and a late ack for it is answered with
-// ackack and nothing else. Forgetting an unknown id is not an error.
+// message is no longer resent, no longer counts against MaxInFlight, and
+// a late ack for it is answered with ackack and nothing else. Forgetting
+// an unknown id is not an error.
 func (f *Flow) Forget(ctx context.Context, id MsgID) error {
 	ctx, done, err := f.enter(ctx)
 	if err != nil {
@@ -246,5 +354,9 @@ func (f *Flow) Forget(ctx context.Context, id MsgID) error {
 	lock.Lock()
 	defer lock.Unlock()
 
-	return f.store.DeleteOutgoing(ctx, id)
+	if err := f.store.DeleteOutgoing(ctx, id); err != nil {
+		return err
+	}
+	f.inFlight.release(id)
+	return nil
 }

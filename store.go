@@ -16,10 +16,8 @@ import (
 type OutState uint8
 
 const (
-	// OutPending: sent and waiting for the ack; resent when due. The
-	// sender does not give up yet: a message to a peer that never answers
-	// stays pending, and is resent, until the user forgets it, although
-	// the peer refuses it once its id is older than the peer's DedupWindow.
+	// OutPending: sent and waiting for the ack; resent when due, until
+	// the ack arrives or the Flow gives up on it.
 	OutPending OutState = iota + 1
 	// OutAcked: the ack arrived and matched; the ack callback and the
 	// ackack are still to run. A Flow that restarts runs them again.
@@ -27,6 +25,12 @@ const (
 	// OutCorrupt: the ack's hash did not match the payload that was sent.
 	// The message stays for inspection until the user forgets it.
 	OutCorrupt
+	// OutGivenUp: no ack came within Config.GiveUpAfter or
+	// Config.MaxAttempts sends, and the message is no longer resent. The
+	// receiver may have processed it all the same. It stays for
+	// inspection until the user forgets it, or until a late ack settles it
+	// as acked.
+	OutGivenUp
 )
 
 // String names the state.
@@ -38,6 +42,8 @@ func (s OutState) String() string {
 		return "acked"
 	case OutCorrupt:
 		return "corrupt"
+	case OutGivenUp:
+		return "given-up"
 	}
 	return "unknown"
 }

@@ -76,7 +76,7 @@ func decodeOutgoing(id asyncflow.MsgID, v []byte) (asyncflow.Outgoing, error) {
 	case d.err != nil:
 	case len(d.b) != 0:
 		d.err = fmt.Errorf("%d bytes after the record", len(d.b))
-	case m.State < asyncflow.OutPending || m.State > asyncflow.OutCorrupt:
+	case m.State < asyncflow.OutPending || m.State > asyncflow.OutGivenUp:
 		d.err = fmt.Errorf("unknown state %d", m.State)
 	}
 	if d.err != nil {

@@ -1333,7 +1333,7 @@ func TestPutRefusesAnUnknownState(t *testing.T) {
 	st, err := boltstore.Open(path, short)
 	require.NoError(t, err)
 	ctx := t.Context()
-	for _, state := range []asyncflow.OutState{0, asyncflow.OutCorrupt + 1} {
+	for _, state := range []asyncflow.OutState{0, asyncflow.OutGivenUp + 1} {
 		m := outgoing(5, 10)
 		m.State = state
 		require.ErrorIs(t, st.PutOutgoing(ctx, m), boltstore.ErrInvalidRecord)

@@ -478,12 +478,12 @@ func wrapErr(err error) error {
 }
 
 // PutOutgoing implements asyncflow.Store. A pending record is indexed by
-// its due time, an acked or corrupt one by its state.
+// its due time, a record in any other state by its state.
 func (s *Store) PutOutgoing(ctx context.Context, m asyncflow.Outgoing) error {
 	if err := checkPrincipal(m.To); err != nil {
 		return err
 	}
-	if m.State < asyncflow.OutPending || m.State > asyncflow.OutCorrupt {
+	if m.State < asyncflow.OutPending || m.State > asyncflow.OutGivenUp {
 		return fmt.Errorf("%w: outgoing message %s in state %d", ErrInvalidRecord, m.MsgID,
 			m.State)
 	}
@@ -514,7 +514,8 @@ func unindexOutgoing(tx *bolt.Tx, v []byte, id asyncflow.MsgID) error {
 	state, next, ok := peekIndex(v)
 	if !ok {
 		states := tx.Bucket(bucketOutState)
-		for _, st := range []asyncflow.OutState{asyncflow.OutAcked, asyncflow.OutCorrupt} {
+		for _, st := range []asyncflow.OutState{asyncflow.OutAcked, asyncflow.OutCorrupt,
+			asyncflow.OutGivenUp} {
 			if err := states.Delete(stateKey(st, id)); err != nil {
 				return err
 			}

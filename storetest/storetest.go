@@ -194,8 +194,9 @@ func testOutgoingTransitions(t *testing.T, s Suite) {
 	require.Len(t, due, 1)
 	equalOut(t, m, due[0])
 
-	// Acked and corrupt records are not resent.
-	for _, state := range []asyncflow.OutState{asyncflow.OutAcked, asyncflow.OutCorrupt} {
+	// Acked, corrupt and given-up records are not resent.
+	for _, state := range []asyncflow.OutState{asyncflow.OutAcked, asyncflow.OutCorrupt,
+		asyncflow.OutGivenUp} {
 		m.State, m.Ack, m.AckHash = state, []byte("ack"), asyncflow.SomeHash(9)
 		require.NoError(t, st.PutOutgoing(ctx, m))
 		due, err = st.DueOutgoing(ctx, base.Add(time.Hour), 10)
@@ -217,7 +218,7 @@ func testOutgoingTransitions(t *testing.T, s Suite) {
 	require.NoError(t, err)
 	assert.Empty(t, due, "a deleted record is not due")
 	for _, state := range []asyncflow.OutState{asyncflow.OutPending, asyncflow.OutAcked,
-		asyncflow.OutCorrupt} {
+		asyncflow.OutCorrupt, asyncflow.OutGivenUp} {
 		list, err := st.ListOutgoing(ctx, state)
 		require.NoError(t, err)
 		assert.Empty(t, list, "a deleted record is not listed as %s", state)
@@ -228,13 +229,13 @@ func testListOutgoing(t *testing.T, s Suite) {
 	st, _ := open(t, s)
 	ctx := t.Context()
 	states := []asyncflow.OutState{asyncflow.OutPending, asyncflow.OutAcked,
-		asyncflow.OutCorrupt}
+		asyncflow.OutCorrupt, asyncflow.OutGivenUp}
 
 	// Put in reverse id order, so that insertion order cannot pass for id order.
 	want := map[asyncflow.OutState][]asyncflow.MsgID{}
-	for i := 29; i >= 0; i-- {
+	for i := 39; i >= 0; i-- {
 		m := pending(id(i, byte(i)), base.Add(-time.Duration(i)*time.Second))
-		m.State = states[i%3]
+		m.State = states[i%len(states)]
 		require.NoError(t, st.PutOutgoing(ctx, m))
 		want[m.State] = append([]asyncflow.MsgID{m.MsgID}, want[m.State]...)
 	}
@@ -383,11 +384,13 @@ func testNextDue(t *testing.T, s Suite) {
 	require.True(t, ok)
 	assert.True(t, next.Equal(out.NextSend), "then the sender's message: got %s", next)
 
-	out.State = asyncflow.OutAcked
-	require.NoError(t, st.PutOutgoing(ctx, out))
-	_, ok, err = st.NextDue(ctx)
-	require.NoError(t, err)
-	assert.False(t, ok, "acked and done records are not due")
+	for _, state := range []asyncflow.OutState{asyncflow.OutAcked, asyncflow.OutGivenUp} {
+		out.State = state
+		require.NoError(t, st.PutOutgoing(ctx, out))
+		_, ok, err = st.NextDue(ctx)
+		require.NoError(t, err)
+		assert.False(t, ok, "%s and done records are not due", state)
+	}
 }
 
 // A due time is an instant like any other, before 1970 as after it: the
@@ -663,11 +666,14 @@ func testReopen(t *testing.T, s Suite) {
 	out := pending(id(1, 1), base)
 	acked := pending(id(2, 1), base)
 	acked.State, acked.Ack, acked.AckHash = asyncflow.OutAcked, []byte("a"), asyncflow.SomeHash(1)
+	givenUp := pending(id(5, 1), base)
+	givenUp.State, givenUp.Attempts, givenUp.NextSend = asyncflow.OutGivenUp, 9, time.Time{}
 	in := acking(peerA, id(3, 1), base.Add(time.Second))
 	done := acking(peerB, id(4, 1), base)
 	done.State = asyncflow.InDone
 	require.NoError(t, st.PutOutgoing(ctx, out))
 	require.NoError(t, st.PutOutgoing(ctx, acked))
+	require.NoError(t, st.PutOutgoing(ctx, givenUp))
 	require.NoError(t, st.PutIncoming(ctx, in))
 	require.NoError(t, st.PutIncoming(ctx, done))
 	require.NoError(t, st.Close())
@@ -683,6 +689,10 @@ func testReopen(t *testing.T, s Suite) {
 	require.NoError(t, err)
 	require.Len(t, list, 1)
 	equalOut(t, acked, list[0])
+	list, err = st.ListOutgoing(ctx, asyncflow.OutGivenUp)
+	require.NoError(t, err)
+	require.Len(t, list, 1, "a given-up record stays for inspection")
+	equalOut(t, givenUp, list[0])
 	gotIn, err := st.Incoming(ctx, peerB, done.MsgID)
 	require.NoError(t, err)
 	equalIn(t, done, gotIn)
