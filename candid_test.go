@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/big"
 	"math/rand/v2"
 	"os"
@@ -935,7 +936,6 @@ func TestCandidBadPayloadIsAnExtraFieldForAckAck(t *testing.T) {
 func TestCandidResourceBounds(t *testing.T) {
 	d, inv := didl, ErrInvalidCandid
 	mega := bytes.Repeat([]byte{0x80}, 1<<20)
-	all := []didlField{d.msgID(candidNat), d.hash(1), d.payload(0)}
 
 	checkCandidRefusals(t, []candidRefusal{
 		{"vec nat claiming a billion elements", candidAckWithExtra(3,
@@ -958,16 +958,6 @@ func TestCandidResourceBounds(t *testing.T) {
 		{"record containing itself twice", candidAckWithExtra(3,
 			[][]byte{d.record(d.field(0, 3), d.field(1, 3))}, nil),
 			inv, "nests more than 64"},
-		{"vec of wide records exceeds the work budget", candidWideRecordVec(2000, 20000),
-			inv, "costs more than"},
-		{"variant arms walked exceed the work budget", candidDeepVariantVec(5000, 20000),
-			inv, "costs more than"},
-		{"msg_id continuation bytes to the end", candidRecordArg(all, mega),
-			inv, "truncated msg_id"},
-		{"length continuation bytes to the end", d.cat([]byte("DIDL"), mega),
-			inv, "truncated type table length"},
-		{"skipped nat continuation bytes to the end", candidAckWithExtraLast(
-			candidNat, mega), inv, "truncated nat"},
 		{"canonical header then a long msg_id", d.cat([]byte(candidAckHeader), mega,
 			[]byte{0x02}, didlHash5, didlABC), ErrInvalidMsgID, "more than 128 bits"},
 	})
@@ -975,20 +965,238 @@ func TestCandidResourceBounds(t *testing.T) {
 
 func TestCandidResourceBoundsAccepted(t *testing.T) {
 	d, ack := didl, candidAck
-	paddedOne := d.cat([]byte{0x81}, bytes.Repeat([]byte{0x80}, 1<<20), []byte{0})
 
 	checkCandidCases(t, []candidCase{
 		{"opt nested 60 deep", candidAckWithExtra(3, [][]byte{d.opt(3)},
 			d.cat(bytes.Repeat([]byte{1}, 60), []byte{0})), ack},
-		{"msg_id with a megabyte of overlong padding", candidAckWithID(paddedOne), ack},
-		{"skipped nat of a megabyte", candidAckWithExtra(candidNat, nil,
-			d.cat(bytes.Repeat([]byte{0xff}, 1<<20), []byte{1})), ack},
-		{"vec of records ten fields wide", candidWideRecordVec(10, 1000), ack},
-		{"vec of variants picking arm 9", candidDeepVariantVec(10, 1000), ack},
+		{"vec of records ten fields wide", candidWideRecordVec(10, 300), ack},
+		{"vec of variants picking arm 9", candidDeepVariantVec(10, 300), ack},
 		{"zero-sized record nested 50 deep in a billion-element vec", candidAckWithExtra(
 			3, append([][]byte{d.vec(4)}, candidNestedEmptyRecords(50)...),
 			d.uleb(1e9)), ack},
 	})
+}
+
+// candidHostile is an argument crafted to cost time or memory, built at
+// about a given size, and what decoding it gives.
+type candidHostile struct {
+	name string
+	arg  func(size int) []byte
+	// want is the value the argument decodes to, or nil if it is refused
+	// with an error that contains refusal.
+	want    candidValue
+	refusal string
+}
+
+// Sizes of hostile arguments: the largest message the IC accepts, and a
+// smaller one for tests, which spend a fixed amount of work per byte too.
+const (
+	candidHostileSize     = 2 << 20
+	candidHostileTestSize = 256 << 10
+)
+
+// candidHostileWork is the most work an accepted hostile argument costs:
+// its bulk is numbers, text, blobs and vectors that cost one unit however
+// long they are, and the rest is a small type table.
+const candidHostileWork = 256
+
+// candidHostileArgs returns arguments that a careless decoder would spend
+// seconds or gigabytes on.
+func candidHostileArgs() []candidHostile {
+	d, ack := didl, candidAck
+	over := "costs more than"
+
+	return []candidHostile{
+		{"vec null claiming 2^62 elements", func(int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidNull)}, d.uleb(1<<62))
+		}, ack, ""},
+		{"vec of empty records nested 50 deep claiming 2^62 elements", func(int) []byte {
+			table := append([][]byte{d.vec(4)}, candidNestedEmptyRecords(50)...)
+			return candidAckWithExtra(3, table, d.uleb(1<<62))
+		}, ack, ""},
+		{"vec of vec null, each claiming 2^62 elements", func(size int) []byte {
+			count := size / 9
+			values := d.cat(d.uleb(uint64(count)), bytes.Repeat(d.uleb(1<<62), count))
+			return candidAckWithExtra(3, [][]byte{d.vec(4), d.vec(candidNull)}, values)
+		}, nil, over},
+		{"vec of records of 2000 null fields", func(size int) []byte {
+			return candidWideRecordVec(2000, size-8000)
+		}, nil, over},
+		{"vec of variants picking arm 4999 of 5000", func(size int) []byte {
+			return candidDeepVariantVec(5000, (size-20000)/2)
+		}, nil, over},
+		{"vec of records nested 60 deep", func(size int) []byte {
+			return candidNestedVec(candidRecord, 60, size)
+		}, nil, over},
+		{"vec of opts nested 60 deep", func(size int) []byte {
+			return candidNestedVec(candidOpt, 60, size)
+		}, nil, over},
+		{"vec of empty texts", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidText)},
+				d.cat(d.uleb(uint64(size)), make([]byte, size)))
+		}, nil, over},
+		{"variant nested in itself to the end", func(size int) []byte {
+			table := [][]byte{d.variant(d.field(0, 3), d.field(1, candidNull))}
+			return candidAckWithExtra(3, table, make([]byte, size))
+		}, nil, "nests more than 64"},
+		{"type table of opt entries", func(size int) []byte {
+			table := append([][]byte{}, didlAckTable...)
+			for range size / 2 {
+				table = append(table, d.opt(candidNull))
+			}
+			return candidArg2(table, didlOne, didlHash5, didlABC)
+		}, nil, over},
+		{"record type of null fields", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{candidNullRecord(size / 4)}, nil)
+		}, nil, over},
+		{"service type of methods", func(size int) []byte {
+			return candidArg2(append(didlAckTable, candidBigService(size/10)...),
+				didlOne, didlHash5, didlABC)
+		}, nil, over},
+		{"null arguments", func(size int) []byte {
+			args := append([]int64{2}, make([]int64, size)...)
+			for i := range args[1:] {
+				args[i+1] = candidNull
+			}
+			return d.arg(didlAckTable, args, didlOne, didlHash5, didlABC)
+		}, nil, over},
+		{"vec nat of small numbers", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidNat)},
+				d.cat(d.uleb(uint64(size/2)), bytes.Repeat([]byte{0x81, 0x01}, size/2)))
+		}, ack, ""},
+		{"vec bool", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidBool)},
+				d.cat(d.uleb(uint64(size)), bytes.Repeat([]byte{0, 1}, size/2)))
+		}, ack, ""},
+		{"long text", func(size int) []byte {
+			return candidAckWithExtra(candidText, nil, d.blob(bytes.Repeat([]byte("é"),
+				size/2)))
+		}, ack, ""},
+		{"long nat", func(size int) []byte {
+			return candidAckWithExtra(candidNat, nil,
+				d.cat(bytes.Repeat([]byte{0xff}, size), []byte{1}))
+		}, ack, ""},
+		{"msg_id with overlong padding", func(size int) []byte {
+			return candidAckWithID(d.overlong(1, size))
+		}, ack, ""},
+		{"type table length with overlong padding", func(size int) []byte {
+			return d.cat([]byte("DIDL"), d.overlong(3, size), d.cat(didlAckTable...),
+				d.uleb(1), d.sleb(2), didlOne, didlHash5, didlABC)
+		}, ack, ""},
+		{"future type and value", func(size int) []byte {
+			future := d.cat(d.sleb(-30), d.blob(make([]byte, size/2)))
+			value := d.cat(d.uleb(uint64(size/2)), d.uleb(0), make([]byte, size/2))
+			return candidAckWithExtra(3, [][]byte{future}, value)
+		}, ack, ""},
+		{"msg_id padding to the end", func(size int) []byte {
+			return candidRecordArg([]didlField{d.msgID(candidNat), d.hash(1), d.payload(0)},
+				bytes.Repeat([]byte{0x80}, size))
+		}, nil, "truncated msg_id"},
+		{"skipped nat padding to the end", func(size int) []byte {
+			return candidAckWithExtraLast(candidNat, bytes.Repeat([]byte{0x80}, size))
+		}, nil, "truncated nat"},
+		{"type table length padding to the end", func(size int) []byte {
+			return d.cat([]byte("DIDL"), bytes.Repeat([]byte{0x80}, size))
+		}, nil, "truncated type table length"},
+	}
+}
+
+// candidNestedVec encodes candidAck with an extra field holding a vec of
+// records or opts nested depth deep around a nat, filling about size
+// bytes: every byte of its values costs a unit of work or more.
+func candidNestedVec(op int64, depth, size int) []byte {
+	table := [][]byte{didl.vec(4)}
+	for i := range depth {
+		inner := int64(5 + i)
+		if i == depth-1 {
+			inner = candidNat
+		}
+		if op == candidOpt {
+			table = append(table, didl.opt(inner))
+		} else {
+			table = append(table, didl.record(didl.field(0, inner)))
+		}
+	}
+
+	element := []byte{0}
+	if op == candidOpt {
+		element = append(bytes.Repeat([]byte{1}, depth), 0)
+	}
+	count := (size - 1024) / len(element)
+	return candidAckWithExtra(3, table, didl.cat(didl.uleb(uint64(count)),
+		bytes.Repeat(element, count)))
+}
+
+// candidNullRecord encodes a record type of n null fields.
+func candidNullRecord(n int) []byte {
+	fs := make([]didlField, n)
+	for i := range fs {
+		fs[i] = didl.field(uint64(i), candidNull)
+	}
+	return didl.record(fs...)
+}
+
+// candidBigService returns table entries 3 and 4: a service of n methods,
+// all of type 4, a func of no arguments.
+func candidBigService(n int) [][]byte {
+	names := make([]string, n)
+	types := make([]int64, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("m%07d", i)
+		types[i] = 4
+	}
+	return [][]byte{didl.service(names, types), didl.fn(nil)}
+}
+
+func TestCandidWorkBudgetOf2MiB(t *testing.T) {
+	require.Equal(t, int64(4096+131072), candidWorkBudget(candidHostileSize))
+}
+
+func TestCandidHostileInputsCostBoundedWork(t *testing.T) {
+	for _, h := range candidHostileArgs() {
+		t.Run(h.name, func(t *testing.T) {
+			arg := h.arg(candidHostileTestSize)
+			require.Less(t, len(arg), candidHostileTestSize+100)
+			spent, err := candidWorkSpent(arg)
+
+			if h.want == nil {
+				if h.refusal == "costs more than" {
+					require.Greater(t, spent, candidWorkBudget(len(arg)))
+				}
+				assertCandidRefused(t, arg, ErrInvalidCandid, h.refusal)
+				return
+			}
+			require.NoError(t, err)
+			require.LessOrEqual(t, spent, int64(candidHostileWork))
+			checkCandidCases(t, []candidCase{{h.name, arg, h.want}})
+		})
+	}
+}
+
+// candidWorkSpent returns the units of work the general decoder spends on
+// arg as an Ack, and its error.
+func candidWorkSpent(arg []byte) (int64, error) {
+	budget := candidWorkBudget(len(arg))
+	work := budget
+	_, err := decodeGeneralCandidWithin(arg, &ackShape, &work)
+	return budget - work, err
+}
+
+// BenchmarkDecodeHostile measures how long hostile arguments of 2 MiB take
+// to decode or refuse, and the units of work each spends.
+func BenchmarkDecodeHostile(b *testing.B) {
+	for _, h := range candidHostileArgs() {
+		arg := h.arg(candidHostileSize)
+		spent, _ := candidWorkSpent(arg)
+		b.Run(h.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var m Ack
+				_ = m.UnmarshalCandid(arg)
+			}
+			b.ReportMetric(float64(min(spent, candidWorkBudget(len(arg)))), "units/op")
+		})
+	}
 }
 
 // candidNestedEmptyRecords returns table entries 4 and on: record {
