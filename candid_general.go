@@ -560,13 +560,35 @@ func (d *candidDecoder) readMsgIDAt(t int64) (MsgID, error) {
 	return d.readMsgID()
 }
 
-// readPayloadAt reads the payload field, whose type t must be vec nat8.
+// readPayloadAt reads the payload field, whose type t must be vec nat8 or
+// vec empty: empty is a subtype of every type, so an empty vec empty is an
+// empty blob.
 func (d *candidDecoder) readPayloadAt(t int64) (start, end int, err error) {
-	if t < 0 || d.types[t].op != candidVec || d.types[t].arg != candidNat8 {
-		return 0, 0, invalidCandid("field payload at offset %d has type %s, want blob",
-			d.pos, d.typeName(t))
+	if t >= 0 && d.types[t].op == candidVec {
+		switch d.types[t].arg {
+		case candidNat8:
+			return d.readBlobBounds("payload")
+		case candidEmpty:
+			return d.readEmptyVec("payload")
+		}
 	}
-	return d.readBlobBounds("payload")
+	return 0, 0, invalidCandid("field payload at offset %d has type %s, want blob",
+		d.pos, d.typeName(t))
+}
+
+// readEmptyVec reads a vec empty value, which must have no elements, and
+// returns where its (no) bytes start and end.
+func (d *candidDecoder) readEmptyVec(what string) (start, end int, err error) {
+	at := d.pos
+	n, err := d.readULEB128(what)
+	if err != nil {
+		return 0, 0, err
+	}
+
+	if n != 0 {
+		return 0, 0, invalidCandid("%s at offset %d: %d values of type empty", what, at, n)
+	}
+	return d.pos, d.pos, nil
 }
 
 // readHashAt reads the hash field, of expected type opt nat32, at its

@@ -641,6 +641,10 @@ func candidSubtypingCases() []candidCase {
 		{"billion-element vec of zero-sized records is skipped", candidAckWithExtra(3,
 			[][]byte{d.vec(4), d.record(d.field(0, candidNull), d.field(1, 5)),
 				d.record()}, d.uleb(1e9)), ack},
+		{"payload of type vec empty is an empty blob", candidArg2([][]byte{
+			d.opt(candidNat32), d.vec(candidEmpty), d.record(d.msgID(candidNat),
+				d.hash(0), d.payload(1))}, didlOne, didlHash5, d.uleb(0)),
+			Ack{MsgID: ack.MsgID, Hash: ack.Hash, Payload: []byte{}}},
 		{"billion-element vec null is skipped", candidAckWithExtra(3,
 			[][]byte{d.vec(candidNull)}, d.uleb(1e9)), ack},
 		{"billion-element vec reserved is skipped", candidAckWithExtra(3,
@@ -901,6 +905,10 @@ func candidRefusalCases() []candidRefusal {
 			inv, "variant index 1"},
 		{"value of type empty", candidAckWithExtra(candidEmpty, nil, nil), inv,
 			"type empty"},
+		{"payload of type vec empty with an element", candidArg2([][]byte{
+			d.opt(candidNat32), d.vec(candidEmpty), d.record(msgID, d.hash(0),
+				d.payload(1))}, didlOne, didlHash5, d.uleb(1), []byte{0}), inv,
+			"of type empty"},
 		{"vec empty with an element", candidAckWithExtra(3,
 			[][]byte{d.vec(candidEmpty)}, d.uleb(1)), inv, "type empty"},
 		{"principal flag 2", candidAckWithExtra(candidPrincipal, nil, []byte{2}),
