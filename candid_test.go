@@ -942,10 +942,16 @@ func TestCandidBadPayloadIsAnExtraFieldForAckAck(t *testing.T) {
 }
 
 func TestCandidResourceBounds(t *testing.T) {
+	checkCandidRefusals(t, candidResourceRefusals())
+}
+
+// candidResourceRefusals are small arguments that claim more than they
+// hold or nest too deep.
+func candidResourceRefusals() []candidRefusal {
 	d, inv := didl, ErrInvalidCandid
 	mega := bytes.Repeat([]byte{0x80}, 1<<20)
 
-	checkCandidRefusals(t, []candidRefusal{
+	return []candidRefusal{
 		{"vec nat claiming a billion elements", candidAckWithExtra(3,
 			[][]byte{d.vec(candidNat)}, d.uleb(1e9)), inv, "vec length 1000000000"},
 		{"vec nat32 claiming a billion elements", candidAckWithExtra(3,
@@ -968,13 +974,19 @@ func TestCandidResourceBounds(t *testing.T) {
 			inv, "nests more than 64"},
 		{"canonical header then a long msg_id", d.cat([]byte(candidAckHeader), mega,
 			[]byte{0x02}, didlHash5, didlABC), ErrInvalidMsgID, "more than 128 bits"},
-	})
+	}
 }
 
 func TestCandidResourceBoundsAccepted(t *testing.T) {
+	checkCandidCases(t, candidResourceCases())
+}
+
+// candidResourceCases are small arguments near the resource bounds that
+// decode.
+func candidResourceCases() []candidCase {
 	d, ack := didl, candidAck
 
-	checkCandidCases(t, []candidCase{
+	return []candidCase{
 		{"opt nested 60 deep", candidAckWithExtra(3, [][]byte{d.opt(3)},
 			d.cat(bytes.Repeat([]byte{1}, 60), []byte{0})), ack},
 		{"vec of records ten fields wide", candidWideRecordVec(10, 300), ack},
@@ -982,7 +994,7 @@ func TestCandidResourceBoundsAccepted(t *testing.T) {
 		{"zero-sized record nested 50 deep in a billion-element vec", candidAckWithExtra(
 			3, append([][]byte{d.vec(4)}, candidNestedEmptyRecords(50)...),
 			d.uleb(1e9)), ack},
-	})
+	}
 }
 
 // candidHostile is an argument crafted to cost time or memory, built at
@@ -1027,11 +1039,13 @@ func candidHostileArgs() []candidHostile {
 			values := d.cat(d.uleb(uint64(count)), bytes.Repeat(d.uleb(1<<62), count))
 			return candidAckWithExtra(3, [][]byte{d.vec(4), d.vec(candidNull)}, values)
 		}, nil, over},
-		{"vec of records of 2000 null fields", func(size int) []byte {
-			return candidWideRecordVec(2000, size-8000)
+		{"vec of records of many null fields", func(size int) []byte {
+			width := min(2000, size/64) // the type takes 2 or 3 bytes a field
+			return candidWideRecordVec(width, size-width*4)
 		}, nil, over},
-		{"vec of variants picking arm 4999 of 5000", func(size int) []byte {
-			return candidDeepVariantVec(5000, (size-20000)/2)
+		{"vec of variants picking the last of many arms", func(size int) []byte {
+			width := min(5000, size/64)
+			return candidDeepVariantVec(width, (size-width*4)/2)
 		}, nil, over},
 		{"vec of records nested 60 deep", func(size int) []byte {
 			return candidNestedVec(candidRecord, 60, size)
@@ -1130,7 +1144,7 @@ func candidNestedVec(op int64, depth, size int) []byte {
 	if op == candidOpt {
 		element = append(bytes.Repeat([]byte{1}, depth), 0)
 	}
-	count := (size - 1024) / len(element)
+	count := max(size-1024, len(element)) / len(element)
 	return candidAckWithExtra(3, table, didl.cat(didl.uleb(uint64(count)),
 		bytes.Repeat(element, count)))
 }
