@@ -315,15 +315,12 @@ func (d *candidDecoder) readFuncType(n int) error {
 	if err != nil {
 		return err
 	}
-	for range count {
-		a, err := d.readByte("func annotation")
-		if err != nil {
-			return err
-		}
+	for i, a := range d.buf[d.pos : d.pos+count] {
 		if a < 1 || a > 3 {
-			return invalidCandid("func annotation %d at offset %d", a, d.pos-1)
+			return invalidCandid("func annotation %d at offset %d", a, d.pos+i)
 		}
 	}
+	d.pos += count
 	return nil
 }
 

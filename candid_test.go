@@ -1009,9 +1009,14 @@ func candidHostileArgs() []candidHostile {
 			return candidAckWithExtra(3, [][]byte{candidNullRecord(size / 4)}, nil)
 		}, nil, over},
 		{"service type of methods", func(size int) []byte {
-			return candidArg2(append(didlAckTable, candidBigService(size/10)...),
-				didlOne, didlHash5, didlABC)
+			table := append(append([][]byte{}, didlAckTable...), candidBigService(size/10)...)
+			return candidArg2(table, didlOne, didlHash5, didlABC)
 		}, nil, over},
+		{"func type of many annotations", func(size int) []byte {
+			fn := d.fn(nil, bytes.Repeat([]byte{2}, size)...)
+			return candidArg2(append(append([][]byte{}, didlAckTable...), fn),
+				didlOne, didlHash5, didlABC)
+		}, ack, ""},
 		{"null arguments", func(size int) []byte {
 			args := append([]int64{2}, make([]int64, size)...)
 			for i := range args[1:] {
