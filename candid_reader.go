@@ -66,12 +66,25 @@ func (r *candidReader) readULEB128(what string) (uint64, error) {
 	return r.readULEB128Slow(what)
 }
 
-// readULEB128Slow is readULEB128 for numbers of more than one byte.
+// readULEB128Slow is readULEB128 for numbers of more than one byte. It
+// takes their first eight bytes in one load, and the rest one by one.
 func (r *candidReader) readULEB128Slow(what string) (uint64, error) {
 	start := r.pos
 	var v uint64
+	shift := uint(0)
 
-	for shift := uint(0); r.pos < len(r.buf); shift = min(shift+7, 70) {
+	if r.pos+8 <= len(r.buf) {
+		w := binary.LittleEndian.Uint64(r.buf[r.pos:])
+		if ends := ^w & highBits; ends != 0 {
+			n := bits.TrailingZeros64(ends)/8 + 1
+			r.pos += n
+			return lebGroups(w, n), nil
+		}
+		v, shift = lebGroups(w, 8), 56
+		r.pos += 8
+	}
+
+	for ; r.pos < len(r.buf); shift = min(shift+7, 70) {
 		if shift == 70 {
 			r.skipRun(0x80) // past bit 63 only padding can follow
 			if r.pos == len(r.buf) {
@@ -92,6 +105,15 @@ func (r *candidReader) readULEB128Slow(what string) (uint64, error) {
 		}
 	}
 	return 0, invalidCandid("truncated %s at offset %d", what, start)
+}
+
+// lebGroups returns the number that the 7-bit groups of the first n bytes
+// of w form, least significant first: at most 56 bits.
+func lebGroups(w uint64, n int) uint64 {
+	w &= ^uint64(0) >> (64 - 8*n) &^ highBits
+	w = w&0x007f007f007f007f | w&0x7f007f007f007f00>>1
+	w = w&0x00003fff00003fff | w&0x3fff00003fff0000>>2
+	return w&0x000000000fffffff | w&0x0fffffff00000000>>4
 }
 
 // readSLEB128 reads a signed LEB128 number that fits in 64 bits. Overlong

@@ -667,13 +667,18 @@ func TestCandidDecodesOtherRecordsBySubtyping(t *testing.T) {
 
 func TestCandidLEB128Readers(t *testing.T) {
 	unsigned := []uint64{0, 1, 63, 64, 127, 128, 1<<63 - 1, 1 << 63, 1<<64 - 1}
+	for bits := range 64 { // every length, and both edges of each group
+		unsigned = append(unsigned, 1<<bits, 1<<bits|1<<bits-1, 0x5555555555555555>>bits)
+	}
 	for _, v := range unsigned {
 		for _, enc := range [][]byte{didl.uleb(v), didl.overlong(v, 12)} {
-			r := candidReader{buf: enc}
-			got, err := r.readULEB128("n")
-			require.NoError(t, err, "%x", enc)
-			require.Equal(t, v, got, "%x", enc)
-			require.Zero(t, r.left())
+			for _, after := range [][]byte{nil, bytes.Repeat([]byte{0xff}, 9)} {
+				r := candidReader{buf: didl.cat(enc, after)}
+				got, err := r.readULEB128("n")
+				require.NoError(t, err, "%x", enc)
+				require.Equal(t, v, got, "%x", enc)
+				require.Equal(t, len(after), r.left(), "%x", enc)
+			}
 		}
 	}
 
