@@ -14,12 +14,13 @@ package asyncflow
 // The general decoder bounds its time and memory by the input length, so
 // that any argument the IC accepts (2 MiB at most) is decoded or refused
 // within a few milliseconds:
-//   - every step of decoding that may read no byte of its own costs one
-//     unit of work: a type table entry, a type reference in the table, an
-//     argument type, a value visited while skipping (each field of a
-//     record, each element of a vector, the chosen arm of a variant). A
-//     message may spend candidWorkBase units plus one per
-//     candidBytesPerWork bytes, and is refused once it has spent them;
+//   - every step of decoding that may read no byte of its own costs work:
+//     a value visited while skipping (each field of a record, each element
+//     of a vector, the chosen arm of a variant) one unit; a type table
+//     entry, a type reference in the table and an argument type
+//     candidTypeWork units, as they are read more than once. A message may
+//     spend candidWorkBase units plus one per candidBytesPerWork bytes,
+//     and is refused once it has spent them;
 //   - everything else reads each input byte at most a few times in tight
 //     loops: LEB128 numbers of any length (overlong ones are valid Candid),
 //     text, blobs, and vectors of nat, int, bool and fixed-size values,
@@ -86,12 +87,16 @@ const (
 	candidMaxDepth = 64
 
 	// candidBytesPerWork is how many input bytes buy one unit of work
-	// beyond candidWorkBase. The slowest units take about 30 ns (see
+	// beyond candidWorkBase. The slowest units take about 25 ns (see
 	// BenchmarkDecodeHostile), so a 2 MiB argument costs at most about
-	// 4 ms. The price is that skipped values denser than one field or
+	// 3 ms. The price is that skipped values denser than one field or
 	// element per 16 bytes are refused once past the base: extensions of
 	// the three records are expected to be small.
 	candidBytesPerWork = 16
+
+	// candidTypeWork is the work an item of the type table or of the
+	// argument list costs.
+	candidTypeWork = 2
 
 	// candidWorkBase is the work allowed to any input, however short: room
 	// for a type table and extra fields far larger than asyncflow needs.

@@ -467,7 +467,7 @@ func candidUnmarshalSeeds(t *testing.T) map[string][]byte {
 	for _, c := range append(candidRefusalCases(), candidResourceRefusals()...) {
 		add("refused", c.name, c.arg)
 	}
-	for _, h := range candidHostileArgs() {
+	for _, h := range append(candidHostileArgs(), candidBudgetFillers()...) {
 		add("hostile", h.name, h.arg(candidHostileSeedSize))
 	}
 	return seeds

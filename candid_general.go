@@ -133,7 +133,7 @@ func (d *candidDecoder) readTypeTable(types []candidType) ([]candidType, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := d.spend(n); err != nil {
+	if err := d.spendTypes(n); err != nil {
 		return nil, err
 	}
 
@@ -205,7 +205,7 @@ func (d *candidDecoder) readTypeRefs(what string, n int) error {
 	if err != nil {
 		return err
 	}
-	if err := d.spend(count); err != nil {
+	if err := d.spendTypes(count); err != nil {
 		return err
 	}
 
@@ -224,7 +224,7 @@ func (d *candidDecoder) readFieldTypes(t candidType, n int) (candidType, error) 
 	if err != nil {
 		return t, err
 	}
-	if err := d.spend(count); err != nil {
+	if err := d.spendTypes(count); err != nil {
 		return t, err
 	}
 	t.arg = int32(count)
@@ -332,7 +332,7 @@ func (d *candidDecoder) readServiceType(t candidType, n int) (candidType, error)
 	if err != nil {
 		return t, err
 	}
-	if err := d.spend(count); err != nil {
+	if err := d.spendTypes(count); err != nil {
 		return t, err
 	}
 	t.arg = int32(count)
@@ -425,7 +425,7 @@ func (d *candidDecoder) readArgTypes() (candidReader, error) {
 	if count == 0 {
 		return candidReader{}, invalidCandid("no arguments at offset %d", d.pos)
 	}
-	if err := d.spend(count); err != nil {
+	if err := d.spendTypes(count); err != nil {
 		return candidReader{}, err
 	}
 
@@ -633,6 +633,13 @@ func (d *candidDecoder) spend(n int) error {
 		return d.overBudget()
 	}
 	return nil
+}
+
+// spendTypes charges for n items of the type table or the argument list:
+// each is read, checked and later walked again, at about twice the cost
+// of skipping a value.
+func (d *candidDecoder) spendTypes(n int) error {
+	return d.spend(candidTypeWork * n)
 }
 
 // overBudget returns the error of a message that spent its work budget.

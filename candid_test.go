@@ -960,7 +960,7 @@ const (
 // candidHostileWork is the most work an accepted hostile argument costs:
 // its bulk is numbers, text, blobs and vectors that cost one unit however
 // long they are, and the rest is a small type table.
-const candidHostileWork = 256
+const candidHostileWork = 512
 
 // candidHostileArgs returns arguments that a careless decoder would spend
 // seconds or gigabytes on.
@@ -1070,6 +1070,43 @@ func candidHostileArgs() []candidHostile {
 	}
 }
 
+// candidBudgetFillers returns arguments that decode but spend nearly all
+// the work their length allows, padded to size with a blob argument: what
+// is left of the time an argument may take once it is accepted.
+func candidBudgetFillers() []candidHostile {
+	d := didl
+	fill := func(size int, table [][]byte, arg int64, value []byte) []byte {
+		args := []int64{2, arg, 1}
+		core := d.arg(table, args, didlOne, didlHash5, didlABC, value, d.uleb(0))
+		padding := make([]byte, max(size-len(core)-8, 0))
+		return d.arg(table, args, didlOne, didlHash5, didlABC, value, d.blob(padding))
+	}
+	units := func(size int) int { return int(candidWorkBudget(size)) - 1024 }
+
+	return []candidHostile{
+		{"type table of opt entries up to the budget", func(size int) []byte {
+			table := append([][]byte{}, didlAckTable...)
+			for range units(size) / candidTypeWork {
+				table = append(table, d.opt(candidNull))
+			}
+			return fill(size, table, 3, []byte{0})
+		}, candidAck, ""},
+		{"record type of null fields up to the budget", func(size int) []byte {
+			record := candidNullRecord(units(size) / candidTypeWork)
+			return fill(size, append(append([][]byte{}, didlAckTable...), record), 3, nil)
+		}, candidAck, ""},
+		{"vec of records nested 60 deep up to the budget", func(size int) []byte {
+			table := append(append([][]byte{}, didlAckTable...), didl.vec(4))
+			for i := range 60 {
+				table = append(table, didl.record(didl.field(0, int64(5+i))))
+			}
+			table[len(table)-1] = didl.record(didl.field(0, candidNat))
+			count := units(size)/61 - 1
+			return fill(size, table, 3, d.cat(d.uleb(uint64(count)), make([]byte, count)))
+		}, candidAck, ""},
+	}
+}
+
 // candidNestedVec encodes candidAck with an extra field holding a vec of
 // records or opts nested depth deep around a nat, filling about size
 // bytes: every byte of its values costs a unit of work or more.
@@ -1137,7 +1174,25 @@ func TestCandidHostileInputsCostBoundedWork(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.LessOrEqual(t, spent, int64(candidHostileWork))
-			checkCandidCases(t, []candidCase{{h.name, arg, h.want}})
+			got, err := candidDecodeAs(h.want, arg)
+			require.NoError(t, err)
+			require.Equal(t, h.want, got)
+		})
+	}
+}
+
+func TestCandidBudgetFillersDecode(t *testing.T) {
+	for _, h := range candidBudgetFillers() {
+		t.Run(h.name, func(t *testing.T) {
+			arg := h.arg(candidHostileTestSize)
+			require.Less(t, len(arg), candidHostileTestSize+100)
+			spent, err := candidWorkSpent(arg)
+
+			require.NoError(t, err)
+			require.Greater(t, spent, candidWorkBudget(len(arg))*3/4)
+			got, err := candidDecodeAs(h.want, arg)
+			require.NoError(t, err)
+			require.Equal(t, h.want, got)
 		})
 	}
 }
@@ -1154,7 +1209,7 @@ func candidWorkSpent(arg []byte) (int64, error) {
 // BenchmarkDecodeHostile measures how long hostile arguments of 2 MiB take
 // to decode or refuse, and the units of work each spends.
 func BenchmarkDecodeHostile(b *testing.B) {
-	for _, h := range candidHostileArgs() {
+	for _, h := range append(candidHostileArgs(), candidBudgetFillers()...) {
 		arg := h.arg(candidHostileSize)
 		spent, _ := candidWorkSpent(arg)
 		b.Run(h.name, func(b *testing.B) {
