@@ -907,6 +907,9 @@ func candidResourceRefusals() []candidRefusal {
 			d.sleb(candidRecord), d.uleb(1e9)), inv, "field count"},
 		{"arguments claiming a billion entries", d.cat([]byte("DIDL\x00"),
 			d.uleb(1e9)), inv, "argument count"},
+		{"zero-sized record nested 100 deep in a billion-element vec", candidAckWithExtra(
+			3, append([][]byte{d.vec(4)}, candidNestedEmptyRecords(100)...),
+			d.uleb(1e9)), inv, "vec length 1000000000"},
 		{"opt nested 100 deep", candidAckWithExtra(3, [][]byte{d.opt(3)},
 			d.cat(bytes.Repeat([]byte{1}, 100), []byte{0})), inv, "nests more than 64"},
 		{"record containing itself", candidAckWithExtra(3,
