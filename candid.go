@@ -11,24 +11,30 @@ package asyncflow
 // options, and skips every value it does not need after checking that the
 // value is well-formed.
 //
-// The general decoder bounds its time and memory by the input length:
+// The general decoder bounds its time and memory by the input length, so
+// that any argument the IC accepts (2 MiB at most) is decoded or refused
+// within a few milliseconds:
+//   - every step of decoding that may read no byte of its own costs work:
+//     a value visited while skipping (each field of a record, each element
+//     of a vector, the chosen arm of a variant) one unit; a type table
+//     entry, a type reference in the table and an argument type
+//     candidTypeWork units, as they are read more than once. A message may
+//     spend candidWorkBase units plus one per candidBytesPerWork bytes,
+//     and is refused once it has spent them;
+//   - everything else reads each input byte at most a few times in tight
+//     loops: LEB128 numbers of any length (overlong ones are valid Candid),
+//     text, blobs, and vectors of nat, int, bool and fixed-size values,
+//     which cost one unit whatever their length;
+//   - a vector whose elements take no bytes (vec null, vec reserved, vec
+//     record {}) costs one unit whatever its count, since skipping it reads
+//     nothing and allocates nothing;
 //   - counts (type table entries, fields, arguments, vector elements, bytes)
 //     may not exceed the bytes left, because each item takes at least one
-//     byte, with one exception: a vector whose elements take no bytes (vec
-//     null, vec reserved, vec record {}) is skipped in O(1) whatever its
-//     count, since skipping reads nothing and allocates nothing;
+//     byte;
 //   - skipped values may nest at most candidMaxDepth constructors deep;
-//   - every step of skipping reads at least one byte, except walking the
-//     fields of a record value and the arms of a variant up to the chosen
-//     one; those walks cost one unit of work per field or arm, and a
-//     message may spend candidWorkBase plus candidWorkPerByte units per
-//     byte, which stops a wide record or variant from costing the product
-//     of its width and its count;
-//   - LEB128 numbers may be overlong, as Candid allows: each byte is read
-//     once, and a number is refused as soon as it sets a bit it cannot hold;
-//   - the type table costs one 20-byte entry per table entry, and an entry
-//     takes at least two bytes of input; the decoder does not allocate for
-//     a table of up to 8 entries.
+//   - the type table costs 24 bytes per entry and 4 per record or variant
+//     field, and the work budget caps both; the decoder does not allocate
+//     for a table of up to 8 entries and 24 fields.
 
 import (
 	"encoding/binary"
@@ -80,13 +86,20 @@ const (
 	// candidMaxDepth is how many constructors deep a skipped value may nest.
 	candidMaxDepth = 64
 
-	// candidWorkPerByte is the skipping work allowed per input byte. An
-	// honest record costs about one unit per field per value, and its
-	// values take about a byte per field, so 16 leaves room for nesting and
-	// zero-sized fields.
-	candidWorkPerByte = 16
+	// candidBytesPerWork is how many input bytes buy one unit of work
+	// beyond candidWorkBase. The slowest units take about 25 ns (see
+	// BenchmarkDecodeHostile), so a 2 MiB argument costs at most about
+	// 3 ms. The price is that skipped values denser than one field or
+	// element per 16 bytes are refused once past the base: extensions of
+	// the three records are expected to be small.
+	candidBytesPerWork = 16
 
-	// candidWorkBase is the skipping work allowed to any input, however short.
+	// candidTypeWork is the work an item of the type table or of the
+	// argument list costs.
+	candidTypeWork = 2
+
+	// candidWorkBase is the work allowed to any input, however short: room
+	// for a type table and extra fields far larger than asyncflow needs.
 	candidWorkBase = 4096
 
 	// candidMaxLen is the longest argument the decoder takes: type table

@@ -1,6 +1,7 @@
 package asyncflow
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"unicode/utf8"
@@ -13,11 +14,12 @@ import (
 // candidType is one type table entry, parsed and checked once so that
 // values can be read against it without checking it again.
 type candidType struct {
-	off  int32 // offset of the entry's opcode, for errors
-	body int32 // record, variant, service: offset of the first field or method
-	op   int32 // opcode; candidFuture for every future type
-	arg  int32 // opt, vec: element type; record, variant, service: length
-	zero int8  // record: memo of candidDecoder.zeroSized
+	off   int32 // offset of the entry's opcode, for errors
+	body  int32 // record, variant, service: offset of the first field or method
+	op    int32 // opcode; candidFuture for every future type
+	arg   int32 // opt, vec: element type; record, variant, service: length
+	first int32 // record, variant: index of the first field in fieldTypes
+	zero  int8  // record: memo of candidDecoder.zeroSized
 }
 
 // Values of candidType.zero.
@@ -33,20 +35,37 @@ const (
 type candidDecoder struct {
 	candidReader
 	types []candidType
-	work  int64 // skipping work left
+
+	// fieldTypes holds the field types of every record and variant entry,
+	// in table order, so that skipping a value walks no table bytes and
+	// finds a variant's arm in one step.
+	fieldTypes []int32
+
+	work *int64 // units of work left
+}
+
+// candidWorkBudget returns the units of work a message of n bytes may
+// spend (see the top of candid.go).
+func candidWorkBudget(n int) int64 {
+	return candidWorkBase + int64(n)/candidBytesPerWork
 }
 
 // decodeGeneralCandid decodes an argument list whose header is not the
 // canonical one: it checks the whole message, decodes the first argument
 // as the record s describes and skips the other arguments.
 func decodeGeneralCandid(arg []byte, s *candidShape) (candidFields, error) {
+	work := candidWorkBudget(len(arg))
+	return decodeGeneralCandidWithin(arg, s, &work)
+}
+
+// decodeGeneralCandidWithin is decodeGeneralCandid with a work budget of
+// *work units, which it decreases by the units it spends.
+func decodeGeneralCandidWithin(arg []byte, s *candidShape, work *int64) (
+	candidFields, error) {
 	if len(arg) > candidMaxLen {
 		return candidFields{}, invalidCandid("argument of %d bytes is too long", len(arg))
 	}
-	d := candidDecoder{
-		candidReader: candidReader{buf: arg},
-		work:         candidWorkBase + candidWorkPerByte*int64(len(arg)),
-	}
+	d := candidDecoder{candidReader: candidReader{buf: arg}, work: work}
 
 	if err := d.readMagic(); err != nil {
 		return candidFields{}, err
@@ -58,6 +77,11 @@ func decodeGeneralCandid(arg []byte, s *candidShape) (candidFields, error) {
 		return candidFields{}, err
 	}
 	d.types = types
+
+	var smallFields [24]int32
+	if d.fieldTypes, err = d.collectFieldTypes(smallFields[:0]); err != nil {
+		return candidFields{}, err
+	}
 	if err := d.checkMethodTypes(); err != nil {
 		return candidFields{}, err
 	}
@@ -107,6 +131,9 @@ func (d *candidDecoder) readMagic() error {
 func (d *candidDecoder) readTypeTable(types []candidType) ([]candidType, error) {
 	n, err := d.readCount("type table length")
 	if err != nil {
+		return nil, err
+	}
+	if err := d.spendTypes(n); err != nil {
 		return nil, err
 	}
 
@@ -178,6 +205,9 @@ func (d *candidDecoder) readTypeRefs(what string, n int) error {
 	if err != nil {
 		return err
 	}
+	if err := d.spendTypes(count); err != nil {
+		return err
+	}
 
 	for range count {
 		if _, err := d.readTypeRef(n); err != nil {
@@ -192,6 +222,9 @@ func (d *candidDecoder) readTypeRefs(what string, n int) error {
 func (d *candidDecoder) readFieldTypes(t candidType, n int) (candidType, error) {
 	count, err := d.readCount("field count")
 	if err != nil {
+		return t, err
+	}
+	if err := d.spendTypes(count); err != nil {
 		return t, err
 	}
 	t.arg = int32(count)
@@ -214,6 +247,43 @@ func (d *candidDecoder) readFieldTypes(t candidType, n int) (candidType, error) 
 		}
 	}
 	return t, nil
+}
+
+// collectFieldTypes appends the field types of every record and variant
+// entry to fields, which it replaces once if they do not fit, and records
+// where each entry's fields start. The work spent on the table bounds
+// their number.
+func (d *candidDecoder) collectFieldTypes(fields []int32) ([]int32, error) {
+	total := 0
+	for _, e := range d.types {
+		if e.op == candidRecord || e.op == candidVariant {
+			total += int(e.arg)
+		}
+	}
+	if total > cap(fields) {
+		fields = make([]int32, 0, total)
+	}
+
+	for i := range d.types {
+		e := &d.types[i]
+		if e.op != candidRecord && e.op != candidVariant {
+			continue
+		}
+		e.first = int32(len(fields))
+
+		w := d.fields(int64(i))
+		for {
+			_, t, ok, err := w.next()
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				break
+			}
+			fields = append(fields, int32(t))
+		}
+	}
+	return fields, nil
 }
 
 // checkFieldID refuses a field id read at offset start that does not fit
@@ -245,15 +315,12 @@ func (d *candidDecoder) readFuncType(n int) error {
 	if err != nil {
 		return err
 	}
-	for range count {
-		a, err := d.readByte("func annotation")
-		if err != nil {
-			return err
-		}
+	for i, a := range d.buf[d.pos : d.pos+count] {
 		if a < 1 || a > 3 {
-			return invalidCandid("func annotation %d at offset %d", a, d.pos-1)
+			return invalidCandid("func annotation %d at offset %d", a, d.pos+i)
 		}
 	}
+	d.pos += count
 	return nil
 }
 
@@ -263,6 +330,9 @@ func (d *candidDecoder) readFuncType(n int) error {
 func (d *candidDecoder) readServiceType(t candidType, n int) (candidType, error) {
 	count, err := d.readCount("service method count")
 	if err != nil {
+		return t, err
+	}
+	if err := d.spendTypes(count); err != nil {
 		return t, err
 	}
 	t.arg = int32(count)
@@ -355,6 +425,9 @@ func (d *candidDecoder) readArgTypes() (candidReader, error) {
 	if count == 0 {
 		return candidReader{}, invalidCandid("no arguments at offset %d", d.pos)
 	}
+	if err := d.spendTypes(count); err != nil {
+		return candidReader{}, err
+	}
 
 	start := d.pos
 	for range count {
@@ -416,24 +489,6 @@ func (w *candidFieldWalker) next() (id uint64, t int64, ok bool, err error) {
 		return 0, 0, false, err
 	}
 	return id, t, true, nil
-}
-
-// nextType is next for walks that need only the field types: it steps
-// over the id without decoding it.
-func (w *candidFieldWalker) nextType() (t int64, ok bool, err error) {
-	if w.left == 0 {
-		return 0, false, nil
-	}
-	w.left--
-
-	for w.r.pos < len(w.r.buf) && w.r.buf[w.r.pos] >= 0x80 {
-		w.r.pos++
-	}
-	w.r.pos++
-	if t, err = w.r.readSLEB128("field type"); err != nil {
-		return 0, false, err
-	}
-	return t, true, nil
 }
 
 // readRecord decodes the first argument, of type t, as the record s
@@ -502,13 +557,35 @@ func (d *candidDecoder) readMsgIDAt(t int64) (MsgID, error) {
 	return d.readMsgID()
 }
 
-// readPayloadAt reads the payload field, whose type t must be vec nat8.
+// readPayloadAt reads the payload field, whose type t must be vec nat8 or
+// vec empty: empty is a subtype of every type, so an empty vec empty is an
+// empty blob.
 func (d *candidDecoder) readPayloadAt(t int64) (start, end int, err error) {
-	if t < 0 || d.types[t].op != candidVec || d.types[t].arg != candidNat8 {
-		return 0, 0, invalidCandid("field payload at offset %d has type %s, want blob",
-			d.pos, d.typeName(t))
+	if t >= 0 && d.types[t].op == candidVec {
+		switch d.types[t].arg {
+		case candidNat8:
+			return d.readBlobBounds("payload")
+		case candidEmpty:
+			return d.readEmptyVec("payload")
+		}
 	}
-	return d.readBlobBounds("payload")
+	return 0, 0, invalidCandid("field payload at offset %d has type %s, want blob",
+		d.pos, d.typeName(t))
+}
+
+// readEmptyVec reads a vec empty value, which must have no elements, and
+// returns where its (no) bytes start and end.
+func (d *candidDecoder) readEmptyVec(what string) (start, end int, err error) {
+	at := d.pos
+	n, err := d.readULEB128(what)
+	if err != nil {
+		return 0, 0, err
+	}
+
+	if n != 0 {
+		return 0, 0, invalidCandid("%s at offset %d: %d values of type empty", what, at, n)
+	}
+	return d.pos, d.pos, nil
 }
 
 // readHashAt reads the hash field, of expected type opt nat32, at its
@@ -548,20 +625,35 @@ func (d *candidDecoder) readOptHash(elem int64) (Hash, error) {
 	return Hash{}, invalidCandid("hash: opt tag %d at offset %d, want 0 or 1", tag, d.pos-1)
 }
 
-// spend charges n units of skipping work and refuses the message when the
-// budget for its length is spent.
+// spend charges n units of work and refuses the message when the budget
+// for its length is spent.
 func (d *candidDecoder) spend(n int) error {
-	d.work -= int64(n)
-	if d.work < 0 {
-		return invalidCandid("skipping values at offset %d costs more than %d units "+
-			"for %d bytes", d.pos, candidWorkBase+candidWorkPerByte*len(d.buf), len(d.buf))
+	*d.work -= int64(n)
+	if *d.work < 0 {
+		return d.overBudget()
 	}
 	return nil
 }
 
+// spendTypes charges for n items of the type table or the argument list:
+// each is read, checked and later walked again, at about twice the cost
+// of skipping a value.
+func (d *candidDecoder) spendTypes(n int) error {
+	return d.spend(candidTypeWork * n)
+}
+
+// overBudget returns the error of a message that spent its work budget.
+func (d *candidDecoder) overBudget() error {
+	return invalidCandid("decoding up to offset %d costs more than the %d units "+
+		"of work allowed for %d bytes", d.pos, candidWorkBudget(len(d.buf)), len(d.buf))
+}
+
 // skipValue checks and skips a value of type t nested depth constructors
-// deep. It allocates nothing unless it fails.
+// deep, for one unit of work. It allocates nothing unless it fails.
 func (d *candidDecoder) skipValue(t int64, depth int) error {
+	if err := d.spend(1); err != nil {
+		return err
+	}
 	if t < 0 {
 		return d.skipPrimitive(t)
 	}
@@ -624,6 +716,28 @@ func (d *candidDecoder) skipPrimitive(t int64) error {
 	}
 	return invalidCandid("value of type empty at offset %d", d.pos)
 }
+
+// skipBools checks and skips n bool values.
+func (d *candidDecoder) skipBools(n int) error {
+	if n > d.left() {
+		return invalidCandid("truncated bool at offset %d: %d values, %d bytes left",
+			d.pos, n, d.left())
+	}
+
+	end := d.pos + n
+	for d.pos+8 <= end && binary.LittleEndian.Uint64(d.buf[d.pos:])&^lowBits == 0 {
+		d.pos += 8
+	}
+	for ; d.pos < end; d.pos++ {
+		if b := d.buf[d.pos]; b > 1 {
+			return invalidCandid("bool %d at offset %d, want 0 or 1", b, d.pos)
+		}
+	}
+	return nil
+}
+
+// lowBits has the low bit of each of eight bytes set.
+const lowBits = 0x0101010101010101
 
 // skipBool checks and skips a bool: the byte 0 or 1.
 func (d *candidDecoder) skipBool() error {
@@ -717,10 +831,12 @@ func (d *candidDecoder) skipOpt(elem int64, depth int) error {
 	return invalidCandid("opt tag %d at offset %d, want 0 or 1", tag, d.pos-1)
 }
 
-// skipVec checks and skips a vec value whose element type is elem. Fixed-
-// size elements are skipped in one step; zero-sized ones in none, whatever
-// the count; others one by one, and then the count cannot exceed the bytes
-// left, since each element takes at least one byte.
+// skipVec checks and skips a vec value whose element type is elem.
+// Zero-sized elements are skipped in no step, whatever the count; fixed-
+// size ones in one; nat, int and bool in one tight loop over their bytes;
+// others one by one, for a unit of work each. Apart from zero-sized
+// elements, the count cannot exceed the bytes left, since each element
+// takes at least one byte.
 func (d *candidDecoder) skipVec(elem int64, depth int) error {
 	start := d.pos
 	n, err := d.readULEB128("vec length")
@@ -745,6 +861,12 @@ func (d *candidDecoder) skipVec(elem int64, depth int) error {
 		return invalidCandid("vec length %d at offset %d exceeds the %d bytes left",
 			n, start, d.left())
 	}
+	switch elem {
+	case candidNat, candidInt:
+		return d.skipLEB128s(int(n), candidOpName(int32(elem)))
+	case candidBool:
+		return d.skipBools(int(n))
+	}
 	for range n {
 		if err := d.skipValue(elem, depth+1); err != nil {
 			return err
@@ -754,29 +876,25 @@ func (d *candidDecoder) skipVec(elem int64, depth int) error {
 }
 
 // skipRecord checks and skips a value of record type t, field by field
-// unless its values take no bytes at all. The walk costs one unit of work
-// per field, charged up front.
+// unless its values take no bytes at all. Each field, null ones too, costs
+// a unit of work.
 func (d *candidDecoder) skipRecord(t int64, depth int) error {
 	if d.zeroSized(t, 0) {
 		return nil
 	}
-	if err := d.spend(int(d.types[t].arg)); err != nil {
-		return err
-	}
 
-	w := d.fields(t)
-	for {
-		ft, ok, err := w.nextType()
-		if err != nil || !ok {
-			return err
-		}
-		if ft == candidNull || ft == candidReserved {
-			continue
-		}
-		if err := d.skipValue(ft, depth+1); err != nil {
+	for _, ft := range d.fieldTypesOf(t) {
+		if err := d.skipValue(int64(ft), depth+1); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// fieldTypesOf returns the field types of record or variant entry t.
+func (d *candidDecoder) fieldTypesOf(t int64) []int32 {
+	e := &d.types[t]
+	return d.fieldTypes[e.first : e.first+e.arg]
 }
 
 // skipVariant checks and skips a value of variant type t: the index of
@@ -787,25 +905,13 @@ func (d *candidDecoder) skipVariant(t int64, depth int) error {
 	if err != nil {
 		return err
 	}
-	if i >= uint64(d.types[t].arg) {
-		return invalidCandid("variant index %d at offset %d, want less than %d", i,
-			start, d.types[t].arg)
-	}
-	if err := d.spend(int(i)); err != nil {
-		return err
-	}
 
-	w := d.fields(t)
-	for {
-		ft, ok, err := w.nextType()
-		if err != nil || !ok {
-			return err
-		}
-		if i == 0 {
-			return d.skipValue(ft, depth+1)
-		}
-		i--
+	arms := d.fieldTypesOf(t)
+	if i >= uint64(len(arms)) {
+		return invalidCandid("variant index %d at offset %d, want less than %d", i,
+			start, len(arms))
 	}
+	return d.skipValue(int64(arms[i]), depth+1)
 }
 
 // zeroSized reports whether every value of type t takes no bytes: null,
@@ -836,14 +942,10 @@ func (d *candidDecoder) zeroSized(t int64, depth int) bool {
 
 	e.zero = zeroVisiting
 	zero := true
-	w := d.fields(t)
-	for zero {
-		_, ft, ok, err := w.next()
-		if err != nil || !ok {
-			zero = err == nil
+	for _, ft := range d.fieldTypesOf(t) {
+		if zero = d.zeroSized(int64(ft), depth+1); !zero {
 			break
 		}
-		zero = d.zeroSized(ft, depth+1)
 	}
 
 	e.zero = zeroNo

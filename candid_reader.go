@@ -3,6 +3,7 @@ package asyncflow
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 )
 
 // The byte-level reading of the Candid binary format, shared by the fast
@@ -65,12 +66,31 @@ func (r *candidReader) readULEB128(what string) (uint64, error) {
 	return r.readULEB128Slow(what)
 }
 
-// readULEB128Slow is readULEB128 for numbers of more than one byte.
+// readULEB128Slow is readULEB128 for numbers of more than one byte. It
+// takes their first eight bytes in one load, and the rest one by one.
 func (r *candidReader) readULEB128Slow(what string) (uint64, error) {
 	start := r.pos
 	var v uint64
+	shift := uint(0)
 
-	for shift := uint(0); r.pos < len(r.buf); shift = min(shift+7, 70) {
+	if r.pos+8 <= len(r.buf) {
+		w := binary.LittleEndian.Uint64(r.buf[r.pos:])
+		if ends := ^w & highBits; ends != 0 {
+			n := bits.TrailingZeros64(ends)/8 + 1
+			r.pos += n
+			return lebGroups(w, n), nil
+		}
+		v, shift = lebGroups(w, 8), 56
+		r.pos += 8
+	}
+
+	for ; r.pos < len(r.buf); shift = min(shift+7, 70) {
+		if shift == 70 {
+			r.skipRun(0x80) // past bit 63 only padding can follow
+			if r.pos == len(r.buf) {
+				break
+			}
+		}
 		b := r.buf[r.pos]
 		r.pos++
 
@@ -85,6 +105,15 @@ func (r *candidReader) readULEB128Slow(what string) (uint64, error) {
 		}
 	}
 	return 0, invalidCandid("truncated %s at offset %d", what, start)
+}
+
+// lebGroups returns the number that the 7-bit groups of the first n bytes
+// of w form, least significant first: at most 56 bits.
+func lebGroups(w uint64, n int) uint64 {
+	w &= ^uint64(0) >> (64 - 8*n) &^ highBits
+	w = w&0x007f007f007f007f | w&0x7f007f007f007f00>>1
+	w = w&0x00003fff00003fff | w&0x3fff00003fff0000>>2
+	return w&0x000000000fffffff | w&0x0fffffff00000000>>4
 }
 
 // readSLEB128 reads a signed LEB128 number that fits in 64 bits. Overlong
@@ -104,6 +133,12 @@ func (r *candidReader) readSLEB128Slow(what string) (int64, error) {
 	ext := -1 // the sign extension seen past bit 63: -1 none, 0 or 0x7f
 
 	for shift := uint(0); r.pos < len(r.buf); shift = min(shift+7, 70) {
+		if shift == 70 && ext >= 0 {
+			r.skipRun(0x80 | byte(ext)) // past bit 63 only padding can follow
+			if r.pos == len(r.buf) {
+				break
+			}
+		}
 		b := r.buf[r.pos]
 		r.pos++
 
@@ -148,15 +183,49 @@ func (r *candidReader) readCount(what string) (int, error) {
 
 // skipLEB128 skips a nat or int value of any size.
 func (r *candidReader) skipLEB128(what string) error {
-	for {
-		b, err := r.readByte(what)
-		if err != nil {
-			return err
+	return r.skipLEB128s(1, what)
+}
+
+// skipLEB128s skips n nat or int values of any size: each ends at its
+// first byte below 0x80. It counts those bytes eight at a time while more
+// than n remain to be found.
+func (r *candidReader) skipLEB128s(n int, what string) error {
+	i := r.pos
+	for ; i+8 <= len(r.buf); i += 8 {
+		ends := bits.OnesCount64(^binary.LittleEndian.Uint64(r.buf[i:]) & highBits)
+		if ends >= n {
+			break
 		}
-		if b < 0x80 {
-			return nil
+		n -= ends
+	}
+	for ; n > 0 && i < len(r.buf); i++ {
+		if r.buf[i] < 0x80 {
+			n--
 		}
 	}
+
+	if n > 0 {
+		return invalidCandid("truncated %s at offset %d", what, r.pos)
+	}
+	r.pos = i
+	return nil
+}
+
+// highBits has the high bit of each of eight bytes set.
+const highBits = 0x8080808080808080
+
+// skipRun advances over a run of the byte b, the padding that an overlong
+// LEB128 number may carry, eight bytes at a time.
+func (r *candidReader) skipRun(b byte) {
+	i := r.pos
+	word := uint64(b) * lowBits
+	for i+8 <= len(r.buf) && binary.LittleEndian.Uint64(r.buf[i:]) == word {
+		i += 8
+	}
+	for i < len(r.buf) && r.buf[i] == b {
+		i++
+	}
+	r.pos = i
 }
 
 // readMsgID reads msg_id: a LEB128 nat of at most 128 bits, overlong
@@ -167,6 +236,12 @@ func (r *candidReader) readMsgID() (MsgID, error) {
 	var hi, lo uint64
 
 	for shift := uint(0); r.pos < len(r.buf); shift = min(shift+7, 140) {
+		if shift == 140 {
+			r.skipRun(0x80) // past bit 127 only padding can follow
+			if r.pos == len(r.buf) {
+				break
+			}
+		}
 		b := r.buf[r.pos]
 		r.pos++
 

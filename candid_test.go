@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/big"
 	"math/rand/v2"
 	"os"
@@ -12,7 +13,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aviate-labs/agent-go/candid/idl"
 	"github.com/stretchr/testify/require"
 )
 
@@ -224,68 +224,6 @@ func TestCandidRoundTrip(t *testing.T) {
 		prefixed := v.AppendCandid([]byte("prefix"))
 		require.Equal(t, enc, prefixed[len("prefix"):])
 	}
-}
-
-func TestCandidMatchesAgentGo(t *testing.T) {
-	type newMessage struct {
-		MsgID   idl.Nat `ic:"msg_id"`
-		Payload []byte  `ic:"payload"`
-	}
-	type ack struct {
-		MsgID   idl.Nat `ic:"msg_id"`
-		Hash    *uint32 `ic:"hash"`
-		Payload []byte  `ic:"payload"`
-	}
-	type ackAck struct {
-		MsgID idl.Nat `ic:"msg_id"`
-		Hash  *uint32 `ic:"hash"`
-	}
-	hashPtr := func(h Hash) *uint32 {
-		if !h.Valid {
-			return nil
-		}
-		return &h.Value
-	}
-
-	for _, v := range randomCandidValues(2, 100) {
-		var ref any
-		var payloadLen int
-		switch m := v.(type) {
-		case NewMessage:
-			ref = newMessage{idl.NewBigNat(m.MsgID.Nat()), m.Payload}
-			payloadLen = len(m.Payload)
-		case Ack:
-			ref = ack{idl.NewBigNat(m.MsgID.Nat()), hashPtr(m.Hash), m.Payload}
-			payloadLen = len(m.Payload)
-		case AckAck:
-			ref = ackAck{idl.NewBigNat(m.MsgID.Nat()), hashPtr(m.Hash)}
-		}
-		theirs, err := idl.Marshal([]any{ref})
-		require.NoError(t, err)
-
-		got, err := candidDecodeAs(v, theirs)
-		require.NoError(t, err)
-		require.Equal(t, candidNormalize(v), got)
-
-		if !agentGoPadsLength(payloadLen) {
-			require.Equal(t, hex.EncodeToString(theirs), hex.EncodeToString(v.AppendCandid(nil)))
-		}
-	}
-}
-
-// agentGoPadsLength reports whether agent-go v0.6.1 writes a vec length
-// of n with one byte more than the canonical encoding: it writes lengths
-// as signed LEB128, which adds a zero byte when the last group has bit 6
-// set. The result is still valid Candid, and decodes (see above).
-func agentGoPadsLength(n int) bool {
-	b := didl.uleb(uint64(n))
-	return b[len(b)-1]&0x40 != 0
-}
-
-func TestCandidAgentGoPadsSomeLengths(t *testing.T) {
-	theirs, err := idl.Marshal([]any{make([]byte, 100)})
-	require.NoError(t, err)
-	require.Equal(t, "4449444c016d7b0100e400", hex.EncodeToString(theirs[:11]))
 }
 
 func TestCandidFieldIDsAreNameHashes(t *testing.T) {
@@ -640,6 +578,10 @@ func candidSubtypingCases() []candidCase {
 		{"billion-element vec of zero-sized records is skipped", candidAckWithExtra(3,
 			[][]byte{d.vec(4), d.record(d.field(0, candidNull), d.field(1, 5)),
 				d.record()}, d.uleb(1e9)), ack},
+		{"payload of type vec empty is an empty blob", candidArg2([][]byte{
+			d.opt(candidNat32), d.vec(candidEmpty), d.record(d.msgID(candidNat),
+				d.hash(0), d.payload(1))}, didlOne, didlHash5, d.uleb(0)),
+			Ack{MsgID: ack.MsgID, Hash: ack.Hash, Payload: []byte{}}},
 		{"billion-element vec null is skipped", candidAckWithExtra(3,
 			[][]byte{d.vec(candidNull)}, d.uleb(1e9)), ack},
 		{"billion-element vec reserved is skipped", candidAckWithExtra(3,
@@ -725,13 +667,18 @@ func TestCandidDecodesOtherRecordsBySubtyping(t *testing.T) {
 
 func TestCandidLEB128Readers(t *testing.T) {
 	unsigned := []uint64{0, 1, 63, 64, 127, 128, 1<<63 - 1, 1 << 63, 1<<64 - 1}
+	for bits := range 64 { // every length, and both edges of each group
+		unsigned = append(unsigned, 1<<bits, 1<<bits|1<<bits-1, 0x5555555555555555>>bits)
+	}
 	for _, v := range unsigned {
 		for _, enc := range [][]byte{didl.uleb(v), didl.overlong(v, 12)} {
-			r := candidReader{buf: enc}
-			got, err := r.readULEB128("n")
-			require.NoError(t, err, "%x", enc)
-			require.Equal(t, v, got, "%x", enc)
-			require.Zero(t, r.left())
+			for _, after := range [][]byte{nil, bytes.Repeat([]byte{0xff}, 9)} {
+				r := candidReader{buf: didl.cat(enc, after)}
+				got, err := r.readULEB128("n")
+				require.NoError(t, err, "%x", enc)
+				require.Equal(t, v, got, "%x", enc)
+				require.Equal(t, len(after), r.left(), "%x", enc)
+			}
 		}
 	}
 
@@ -900,6 +847,10 @@ func candidRefusalCases() []candidRefusal {
 			inv, "variant index 1"},
 		{"value of type empty", candidAckWithExtra(candidEmpty, nil, nil), inv,
 			"type empty"},
+		{"payload of type vec empty with an element", candidArg2([][]byte{
+			d.opt(candidNat32), d.vec(candidEmpty), d.record(msgID, d.hash(0),
+				d.payload(1))}, didlOne, didlHash5, d.uleb(1), []byte{0}), inv,
+			"of type empty"},
 		{"vec empty with an element", candidAckWithExtra(3,
 			[][]byte{d.vec(candidEmpty)}, d.uleb(1)), inv, "type empty"},
 		{"principal flag 2", candidAckWithExtra(candidPrincipal, nil, []byte{2}),
@@ -933,11 +884,16 @@ func TestCandidBadPayloadIsAnExtraFieldForAckAck(t *testing.T) {
 }
 
 func TestCandidResourceBounds(t *testing.T) {
+	checkCandidRefusals(t, candidResourceRefusals())
+}
+
+// candidResourceRefusals are small arguments that claim more than they
+// hold or nest too deep.
+func candidResourceRefusals() []candidRefusal {
 	d, inv := didl, ErrInvalidCandid
 	mega := bytes.Repeat([]byte{0x80}, 1<<20)
-	all := []didlField{d.msgID(candidNat), d.hash(1), d.payload(0)}
 
-	checkCandidRefusals(t, []candidRefusal{
+	return []candidRefusal{
 		{"vec nat claiming a billion elements", candidAckWithExtra(3,
 			[][]byte{d.vec(candidNat)}, d.uleb(1e9)), inv, "vec length 1000000000"},
 		{"vec nat32 claiming a billion elements", candidAckWithExtra(3,
@@ -951,6 +907,9 @@ func TestCandidResourceBounds(t *testing.T) {
 			d.sleb(candidRecord), d.uleb(1e9)), inv, "field count"},
 		{"arguments claiming a billion entries", d.cat([]byte("DIDL\x00"),
 			d.uleb(1e9)), inv, "argument count"},
+		{"zero-sized record nested 100 deep in a billion-element vec", candidAckWithExtra(
+			3, append([][]byte{d.vec(4)}, candidNestedEmptyRecords(100)...),
+			d.uleb(1e9)), inv, "vec length 1000000000"},
 		{"opt nested 100 deep", candidAckWithExtra(3, [][]byte{d.opt(3)},
 			d.cat(bytes.Repeat([]byte{1}, 100), []byte{0})), inv, "nests more than 64"},
 		{"record containing itself", candidAckWithExtra(3,
@@ -958,37 +917,313 @@ func TestCandidResourceBounds(t *testing.T) {
 		{"record containing itself twice", candidAckWithExtra(3,
 			[][]byte{d.record(d.field(0, 3), d.field(1, 3))}, nil),
 			inv, "nests more than 64"},
-		{"vec of wide records exceeds the work budget", candidWideRecordVec(2000, 20000),
-			inv, "costs more than"},
-		{"variant arms walked exceed the work budget", candidDeepVariantVec(5000, 20000),
-			inv, "costs more than"},
-		{"msg_id continuation bytes to the end", candidRecordArg(all, mega),
-			inv, "truncated msg_id"},
-		{"length continuation bytes to the end", d.cat([]byte("DIDL"), mega),
-			inv, "truncated type table length"},
-		{"skipped nat continuation bytes to the end", candidAckWithExtraLast(
-			candidNat, mega), inv, "truncated nat"},
 		{"canonical header then a long msg_id", d.cat([]byte(candidAckHeader), mega,
 			[]byte{0x02}, didlHash5, didlABC), ErrInvalidMsgID, "more than 128 bits"},
-	})
+	}
 }
 
 func TestCandidResourceBoundsAccepted(t *testing.T) {
-	d, ack := didl, candidAck
-	paddedOne := d.cat([]byte{0x81}, bytes.Repeat([]byte{0x80}, 1<<20), []byte{0})
+	checkCandidCases(t, candidResourceCases())
+}
 
-	checkCandidCases(t, []candidCase{
+// candidResourceCases are small arguments near the resource bounds that
+// decode.
+func candidResourceCases() []candidCase {
+	d, ack := didl, candidAck
+
+	return []candidCase{
 		{"opt nested 60 deep", candidAckWithExtra(3, [][]byte{d.opt(3)},
 			d.cat(bytes.Repeat([]byte{1}, 60), []byte{0})), ack},
-		{"msg_id with a megabyte of overlong padding", candidAckWithID(paddedOne), ack},
-		{"skipped nat of a megabyte", candidAckWithExtra(candidNat, nil,
-			d.cat(bytes.Repeat([]byte{0xff}, 1<<20), []byte{1})), ack},
-		{"vec of records ten fields wide", candidWideRecordVec(10, 1000), ack},
-		{"vec of variants picking arm 9", candidDeepVariantVec(10, 1000), ack},
+		{"vec of records ten fields wide", candidWideRecordVec(10, 300), ack},
+		{"vec of variants picking arm 9", candidDeepVariantVec(10, 300), ack},
 		{"zero-sized record nested 50 deep in a billion-element vec", candidAckWithExtra(
 			3, append([][]byte{d.vec(4)}, candidNestedEmptyRecords(50)...),
 			d.uleb(1e9)), ack},
-	})
+	}
+}
+
+// candidHostile is an argument crafted to cost time or memory, built at
+// about a given size, and what decoding it gives.
+type candidHostile struct {
+	name string
+	arg  func(size int) []byte
+	// want is the value the argument decodes to, or nil if it is refused
+	// with an error that contains refusal.
+	want    candidValue
+	refusal string
+}
+
+// Sizes of hostile arguments: the largest message the IC accepts, and a
+// smaller one for tests, which spend a fixed amount of work per byte too.
+const (
+	candidHostileSize     = 2 << 20
+	candidHostileTestSize = 256 << 10
+)
+
+// candidHostileWork is the most work an accepted hostile argument costs:
+// its bulk is numbers, text, blobs and vectors that cost one unit however
+// long they are, and the rest is a small type table.
+const candidHostileWork = 512
+
+// candidHostileArgs returns arguments that a careless decoder would spend
+// seconds or gigabytes on.
+func candidHostileArgs() []candidHostile {
+	d, ack := didl, candidAck
+	over := "costs more than"
+
+	return []candidHostile{
+		{"vec null claiming 2^62 elements", func(int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidNull)}, d.uleb(1<<62))
+		}, ack, ""},
+		{"vec of empty records nested 50 deep claiming 2^62 elements", func(int) []byte {
+			table := append([][]byte{d.vec(4)}, candidNestedEmptyRecords(50)...)
+			return candidAckWithExtra(3, table, d.uleb(1<<62))
+		}, ack, ""},
+		{"vec of vec null, each claiming 2^62 elements", func(size int) []byte {
+			count := size / 9
+			values := d.cat(d.uleb(uint64(count)), bytes.Repeat(d.uleb(1<<62), count))
+			return candidAckWithExtra(3, [][]byte{d.vec(4), d.vec(candidNull)}, values)
+		}, nil, over},
+		{"vec of records of many null fields", func(size int) []byte {
+			width := min(2000, size/64) // the type takes 2 or 3 bytes a field
+			return candidWideRecordVec(width, size-width*4)
+		}, nil, over},
+		{"vec of variants picking the last of many arms", func(size int) []byte {
+			width := min(5000, size/64)
+			return candidDeepVariantVec(width, (size-width*4)/2)
+		}, nil, over},
+		{"vec of records nested 60 deep", func(size int) []byte {
+			return candidNestedVec(candidRecord, 60, size)
+		}, nil, over},
+		{"vec of opts nested 60 deep", func(size int) []byte {
+			return candidNestedVec(candidOpt, 60, size)
+		}, nil, over},
+		{"vec of empty texts", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidText)},
+				d.cat(d.uleb(uint64(size)), make([]byte, size)))
+		}, nil, over},
+		{"variant nested in itself to the end", func(size int) []byte {
+			table := [][]byte{d.variant(d.field(0, 3), d.field(1, candidNull))}
+			return candidAckWithExtra(3, table, make([]byte, size))
+		}, nil, "nests more than 64"},
+		{"type table of opt entries", func(size int) []byte {
+			table := append([][]byte{}, didlAckTable...)
+			for range size / 2 {
+				table = append(table, d.opt(candidNull))
+			}
+			return candidArg2(table, didlOne, didlHash5, didlABC)
+		}, nil, over},
+		{"record type of null fields", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{candidNullRecord(size / 4)}, nil)
+		}, nil, over},
+		{"service type of methods", func(size int) []byte {
+			table := append(append([][]byte{}, didlAckTable...), candidBigService(size/10)...)
+			return candidArg2(table, didlOne, didlHash5, didlABC)
+		}, nil, over},
+		{"func type of many annotations", func(size int) []byte {
+			fn := d.fn(nil, bytes.Repeat([]byte{2}, size)...)
+			return candidArg2(append(append([][]byte{}, didlAckTable...), fn),
+				didlOne, didlHash5, didlABC)
+		}, ack, ""},
+		{"null arguments", func(size int) []byte {
+			args := append([]int64{2}, make([]int64, size)...)
+			for i := range args[1:] {
+				args[i+1] = candidNull
+			}
+			return d.arg(didlAckTable, args, didlOne, didlHash5, didlABC)
+		}, nil, over},
+		{"vec nat of small numbers", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidNat)},
+				d.cat(d.uleb(uint64(size/2)), bytes.Repeat([]byte{0x81, 0x01}, size/2)))
+		}, ack, ""},
+		{"vec bool", func(size int) []byte {
+			return candidAckWithExtra(3, [][]byte{d.vec(candidBool)},
+				d.cat(d.uleb(uint64(size)), bytes.Repeat([]byte{0, 1}, size/2)))
+		}, ack, ""},
+		{"long text", func(size int) []byte {
+			return candidAckWithExtra(candidText, nil, d.blob(bytes.Repeat([]byte("é"),
+				size/2)))
+		}, ack, ""},
+		{"long nat", func(size int) []byte {
+			return candidAckWithExtra(candidNat, nil,
+				d.cat(bytes.Repeat([]byte{0xff}, size), []byte{1}))
+		}, ack, ""},
+		{"msg_id with overlong padding", func(size int) []byte {
+			return candidAckWithID(d.overlong(1, size))
+		}, ack, ""},
+		{"type table length with overlong padding", func(size int) []byte {
+			return d.cat([]byte("DIDL"), d.overlong(3, size), d.cat(didlAckTable...),
+				d.uleb(1), d.sleb(2), didlOne, didlHash5, didlABC)
+		}, ack, ""},
+		{"future type and value", func(size int) []byte {
+			future := d.cat(d.sleb(-30), d.blob(make([]byte, size/2)))
+			value := d.cat(d.uleb(uint64(size/2)), d.uleb(0), make([]byte, size/2))
+			return candidAckWithExtra(3, [][]byte{future}, value)
+		}, ack, ""},
+		{"msg_id padding to the end", func(size int) []byte {
+			return candidRecordArg([]didlField{d.msgID(candidNat), d.hash(1), d.payload(0)},
+				bytes.Repeat([]byte{0x80}, size))
+		}, nil, "truncated msg_id"},
+		{"skipped nat padding to the end", func(size int) []byte {
+			return candidAckWithExtraLast(candidNat, bytes.Repeat([]byte{0x80}, size))
+		}, nil, "truncated nat"},
+		{"type table length padding to the end", func(size int) []byte {
+			return d.cat([]byte("DIDL"), bytes.Repeat([]byte{0x80}, size))
+		}, nil, "truncated type table length"},
+	}
+}
+
+// candidBudgetFillers returns arguments that decode but spend nearly all
+// the work their length allows, padded to size with a blob argument: what
+// is left of the time an argument may take once it is accepted.
+func candidBudgetFillers() []candidHostile {
+	d := didl
+	fill := func(size int, table [][]byte, arg int64, value []byte) []byte {
+		args := []int64{2, arg, 1}
+		core := d.arg(table, args, didlOne, didlHash5, didlABC, value, d.uleb(0))
+		padding := make([]byte, max(size-len(core)-8, 0))
+		return d.arg(table, args, didlOne, didlHash5, didlABC, value, d.blob(padding))
+	}
+	units := func(size int) int { return int(candidWorkBudget(size)) - 1024 }
+
+	return []candidHostile{
+		{"type table of opt entries up to the budget", func(size int) []byte {
+			table := append([][]byte{}, didlAckTable...)
+			for range units(size) / candidTypeWork {
+				table = append(table, d.opt(candidNull))
+			}
+			return fill(size, table, 3, []byte{0})
+		}, candidAck, ""},
+		{"record type of null fields up to the budget", func(size int) []byte {
+			record := candidNullRecord(units(size) / candidTypeWork)
+			return fill(size, append(append([][]byte{}, didlAckTable...), record), 3, nil)
+		}, candidAck, ""},
+		{"vec of records nested 60 deep up to the budget", func(size int) []byte {
+			table := append(append([][]byte{}, didlAckTable...), didl.vec(4))
+			for i := range 60 {
+				table = append(table, didl.record(didl.field(0, int64(5+i))))
+			}
+			table[len(table)-1] = didl.record(didl.field(0, candidNat))
+			count := units(size)/61 - 1
+			return fill(size, table, 3, d.cat(d.uleb(uint64(count)), make([]byte, count)))
+		}, candidAck, ""},
+	}
+}
+
+// candidNestedVec encodes candidAck with an extra field holding a vec of
+// records or opts nested depth deep around a nat, filling about size
+// bytes: every byte of its values costs a unit of work or more.
+func candidNestedVec(op int64, depth, size int) []byte {
+	table := [][]byte{didl.vec(4)}
+	for i := range depth {
+		inner := int64(5 + i)
+		if i == depth-1 {
+			inner = candidNat
+		}
+		if op == candidOpt {
+			table = append(table, didl.opt(inner))
+		} else {
+			table = append(table, didl.record(didl.field(0, inner)))
+		}
+	}
+
+	element := []byte{0}
+	if op == candidOpt {
+		element = append(bytes.Repeat([]byte{1}, depth), 0)
+	}
+	count := max(size-1024, len(element)) / len(element)
+	return candidAckWithExtra(3, table, didl.cat(didl.uleb(uint64(count)),
+		bytes.Repeat(element, count)))
+}
+
+// candidNullRecord encodes a record type of n null fields.
+func candidNullRecord(n int) []byte {
+	fs := make([]didlField, n)
+	for i := range fs {
+		fs[i] = didl.field(uint64(i), candidNull)
+	}
+	return didl.record(fs...)
+}
+
+// candidBigService returns table entries 3 and 4: a service of n methods,
+// all of type 4, a func of no arguments.
+func candidBigService(n int) [][]byte {
+	names := make([]string, n)
+	types := make([]int64, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("m%07d", i)
+		types[i] = 4
+	}
+	return [][]byte{didl.service(names, types), didl.fn(nil)}
+}
+
+func TestCandidWorkBudgetOf2MiB(t *testing.T) {
+	require.Equal(t, int64(4096+131072), candidWorkBudget(candidHostileSize))
+}
+
+func TestCandidHostileInputsCostBoundedWork(t *testing.T) {
+	for _, h := range candidHostileArgs() {
+		t.Run(h.name, func(t *testing.T) {
+			arg := h.arg(candidHostileTestSize)
+			require.Less(t, len(arg), candidHostileTestSize+100)
+			spent, err := candidWorkSpent(arg)
+
+			if h.want == nil {
+				if h.refusal == "costs more than" {
+					require.Greater(t, spent, candidWorkBudget(len(arg)))
+				}
+				assertCandidRefused(t, arg, ErrInvalidCandid, h.refusal)
+				return
+			}
+			require.NoError(t, err)
+			require.LessOrEqual(t, spent, int64(candidHostileWork))
+			got, err := candidDecodeAs(h.want, arg)
+			require.NoError(t, err)
+			require.Equal(t, h.want, got)
+		})
+	}
+}
+
+func TestCandidBudgetFillersDecode(t *testing.T) {
+	for _, h := range candidBudgetFillers() {
+		t.Run(h.name, func(t *testing.T) {
+			arg := h.arg(candidHostileTestSize)
+			require.Less(t, len(arg), candidHostileTestSize+100)
+			spent, err := candidWorkSpent(arg)
+
+			require.NoError(t, err)
+			require.Greater(t, spent, candidWorkBudget(len(arg))*3/4)
+			got, err := candidDecodeAs(h.want, arg)
+			require.NoError(t, err)
+			require.Equal(t, h.want, got)
+		})
+	}
+}
+
+// candidWorkSpent returns the units of work the general decoder spends on
+// arg as an Ack, and its error.
+func candidWorkSpent(arg []byte) (int64, error) {
+	budget := candidWorkBudget(len(arg))
+	work := budget
+	_, err := decodeGeneralCandidWithin(arg, &ackShape, &work)
+	return budget - work, err
+}
+
+// BenchmarkDecodeHostile measures how long hostile arguments of 2 MiB take
+// to decode or refuse, and the units of work each spends.
+func BenchmarkDecodeHostile(b *testing.B) {
+	for _, h := range append(candidHostileArgs(), candidBudgetFillers()...) {
+		arg := h.arg(candidHostileSize)
+		spent, _ := candidWorkSpent(arg)
+		b.Run(h.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var m Ack
+				_ = m.UnmarshalCandid(arg)
+			}
+			b.ReportMetric(float64(min(spent, candidWorkBudget(len(arg)))), "units/op")
+		})
+	}
 }
 
 // candidNestedEmptyRecords returns table entries 4 and on: record {
