@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -41,10 +42,15 @@ type EndpointConfig struct {
 	// with 413. Default DefaultMaxBodyBytes.
 	MaxBodyBytes int64
 	// PermittedDrift is how much the sender's clock may differ from this
-	// one. Default DefaultPermittedDrift.
+	// one: an ingress expiry is accepted from now - PermittedDrift to
+	// now + MaxIngressExpiry + PermittedDrift. Default
+	// DefaultPermittedDrift; zero selects it, so the smallest drift that
+	// can be set is one nanosecond.
 	PermittedDrift time.Duration
 	// MaxIngressExpiry is how far ahead an ingress expiry may be, on top of
-	// the drift. Default DefaultMaxIngressExpiry.
+	// the drift. Default DefaultMaxIngressExpiry, which is what agent-go
+	// sets: a sender whose clock runs ahead of this one by up to
+	// PermittedDrift gets through.
 	MaxIngressExpiry time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
@@ -85,8 +91,9 @@ var _ http.Handler = (*Endpoint)(nil)
 
 // NewEndpoint returns an Endpoint that accepts calls addressed to self
 // and delivers them to in. It refuses, with an error wrapping
-// asyncflow.ErrInvalidConfig, an empty or anonymous self, a nil in or a
-// negative limit.
+// asyncflow.ErrInvalidConfig, an empty or anonymous self, a nil in, a
+// negative limit, and a MaxIngressExpiry and PermittedDrift whose sum
+// overflows a time.Duration.
 func NewEndpoint(
 	self principal.Principal, in asyncflow.Inbound, cfg EndpointConfig,
 ) (*Endpoint, error) {
@@ -112,6 +119,10 @@ func NewEndpoint(
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MaxIngressExpiry > math.MaxInt64-cfg.PermittedDrift {
+		return nil, fmt.Errorf("ic: endpoint expiry limits %s and %s overflow: %w",
+			cfg.MaxIngressExpiry, cfg.PermittedDrift, asyncflow.ErrInvalidConfig)
 	}
 	log := cfg.Logger
 	if log == nil {

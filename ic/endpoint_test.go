@@ -79,26 +79,6 @@ func TestEndpointAcceptsIndefiniteLengthEnvelope(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, status, reason)
 }
 
-func TestEndpointAcceptsExpiryWithinDrift(t *testing.T) {
-	for _, offset := range []time.Duration{
-		5*time.Minute + 20*time.Second, // sender's clock ahead
-		-20 * time.Second,              // sender's clock behind
-	} {
-		t.Run(offset.String(), func(t *testing.T) {
-			h := newHarness(t, EndpointConfig{})
-			id, err := identity.NewRandomEd25519Identity()
-			require.NoError(t, err)
-
-			req := callRequest(t, id, h.self, asyncflow.MethodAck, candidArg(t, "ack"))
-			req.IngressExpiry = uint64(time.Now().Add(offset).UnixNano())
-			status, reason := h.post(t, callPath(h.self),
-				bytes.NewReader(encode(t, signed(id, req))))
-
-			require.Equal(t, http.StatusAccepted, status, reason)
-		})
-	}
-}
-
 // TestEndpointRefusesUnknownContentFields shows that a content field a
 // call does not have is refused, even when the signature covers it: an
 // unknown field could hold a large value that nobody signed.
