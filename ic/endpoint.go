@@ -20,9 +20,11 @@ import (
 
 // Defaults of EndpointConfig.
 const (
-	// DefaultMaxBodyBytes leaves room for a 2 MiB ingress message, the IC's
-	// limit, and its envelope.
-	DefaultMaxBodyBytes = 3 << 20
+	// DefaultMaxBodyBytes leaves room for a payload of the Flow's default
+	// limit (2 MiB, the IC's limit on an ingress message), its Candid
+	// record and the signed envelope around it, which together take less
+	// than 1 KiB more.
+	DefaultMaxBodyBytes = asyncflow.DefaultMaxPayload + 1<<20
 	// DefaultPermittedDrift is the clock difference the IC's HTTP handler
 	// allows.
 	DefaultPermittedDrift = 30 * time.Second
@@ -39,7 +41,9 @@ const maxReasonBytes = 300
 // defaults.
 type EndpointConfig struct {
 	// MaxBodyBytes is the largest body accepted; a larger one is refused
-	// with 413. Default DefaultMaxBodyBytes.
+	// with 413 without being read further. Default DefaultMaxBodyBytes; a
+	// Flow whose MaxPayload is larger than the default needs it raised
+	// to that payload plus at least 1 KiB.
 	MaxBodyBytes int64
 	// PermittedDrift is how much the sender's clock may differ from this
 	// one: an ingress expiry is accepted from now - PermittedDrift to

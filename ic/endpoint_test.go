@@ -574,40 +574,6 @@ func TestEndpointRefusesGet(t *testing.T) {
 	require.Zero(t, attempts)
 }
 
-func TestEndpointRefusesBodyTooLarge(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		body func([]byte) *bytes.Reader
-		// chunked hides the length, so only reading finds the excess.
-		chunked bool
-	}{
-		{name: "with content length"},
-		{name: "chunked", chunked: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, EndpointConfig{MaxBodyBytes: 4096})
-			id, err := identity.NewRandomEd25519Identity()
-			require.NoError(t, err)
-			req := callRequest(t, id, h.self, asyncflow.MethodNewMessage, make([]byte, 8192))
-			body := encode(t, signed(id, req))
-
-			var status int
-			var reason string
-			if tc.chunked {
-				status, reason = h.post(t, callPath(h.self), struct{ *bytes.Reader }{
-					bytes.NewReader(body)})
-			} else {
-				status, reason = h.post(t, callPath(h.self), bytes.NewReader(body))
-			}
-
-			h.requireRefused(t, status, reason, http.StatusRequestEntityTooLarge,
-				"larger than 4096")
-			_, attempts := h.in.calls()
-			require.Zero(t, attempts)
-		})
-	}
-}
-
 func TestEndpointMapsDeliverErrors(t *testing.T) {
 	for _, tc := range []struct {
 		err    error

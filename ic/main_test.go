@@ -104,6 +104,13 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg EndpointConfig) *harness {
 	t.Helper()
+	return newWrappedHarness(t, cfg, func(h http.Handler) http.Handler { return h })
+}
+
+// newWrappedHarness is newHarness with the endpoint served through wrap.
+func newWrappedHarness(t *testing.T, cfg EndpointConfig,
+	wrap func(http.Handler) http.Handler) *harness {
+	t.Helper()
 	receiver, err := identity.NewRandomEd25519Identity()
 	require.NoError(t, err)
 
@@ -116,7 +123,7 @@ func newHarness(t *testing.T, cfg EndpointConfig) *harness {
 	endpoint, err := NewEndpoint(h.self, h.in, cfg)
 	require.NoError(t, err)
 
-	h.srv = httptest.NewServer(endpoint)
+	h.srv = httptest.NewServer(wrap(endpoint))
 	t.Cleanup(h.srv.Close)
 	return h
 }
