@@ -10,7 +10,6 @@ package ic
 import (
 	"bytes"
 	"cmp"
-	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -26,8 +25,6 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/stretchr/testify/require"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata")
 
 // logLine is one expected log record: its level, its message and its
 // attributes, each holding the given text. A record has no other

@@ -118,7 +118,7 @@ func contentMap(req agent.Request) map[string]any {
 
 // rawMap encodes a CBOR map from alternating keys and values, in order
 // and without removing duplicates.
-func rawMap(t *testing.T, kv ...any) []byte {
+func rawMap(t testing.TB, kv ...any) []byte {
 	t.Helper()
 	require.Less(t, len(kv)/2, 24)
 	out := []byte{0xa0 | byte(len(kv)/2)}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +25,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
+
+var update = flag.Bool("update", false,
+	"rewrite the files under testdata that the tests build")
 
 // TestMain checks that no test leaves a goroutine behind. agent-go's
 // client uses http.DefaultTransport, whose idle connections are closed
@@ -237,7 +241,7 @@ func signed(id identity.Identity, req agent.Request) agent.Envelope {
 	}
 }
 
-func encode(t *testing.T, v any) []byte {
+func encode(t testing.TB, v any) []byte {
 	t.Helper()
 	data, err := cbor.Marshal(v)
 	require.NoError(t, err)
