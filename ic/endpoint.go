@@ -63,8 +63,10 @@ type EndpointConfig struct {
 	// refuses is answered but not reported here: the Inbound reports it
 	// (a Flow through Config.OnReject). It must be safe for concurrent use.
 	OnReject func(asyncflow.Rejection)
-	// Logger receives refusals at debug level (info when the sender was
-	// authenticated). Default: discard.
+	// Logger receives every refusal and acceptance at debug level: the
+	// endpoint's own refusals all come before the signature is checked,
+	// so a flood of them from anyone must not fill an info log. An
+	// Inbound logs its own refusals (a Flow at info). Default: discard.
 	Logger *slog.Logger
 }
 
@@ -417,20 +419,16 @@ func (e *Endpoint) answerRefusal(s *submission, err error) {
 	}
 
 	inbound := ref != nil && ref.inbound
-	level := slog.LevelDebug
 	attrs := []slog.Attr{
 		slog.Int("status", status),
 		slog.String("reason", reason),
 		slog.String("remote", s.r.RemoteAddr),
 	}
 	if s.verified {
-		if !inbound {
-			level = slog.LevelInfo
-		}
 		attrs = append(attrs, slog.String("from", s.c.sender.Encode()),
 			slog.String("method", rejection.Method))
 	}
-	e.log.LogAttrs(s.r.Context(), level, "ic: call refused", attrs...)
+	e.log.LogAttrs(s.r.Context(), slog.LevelDebug, "ic: call refused", attrs...)
 
 	if e.cfg.OnReject != nil && !inbound {
 		e.cfg.OnReject(rejection)
