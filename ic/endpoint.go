@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -19,9 +20,11 @@ import (
 
 // Defaults of EndpointConfig.
 const (
-	// DefaultMaxBodyBytes leaves room for a 2 MiB ingress message, the IC's
-	// limit, and its envelope.
-	DefaultMaxBodyBytes = 3 << 20
+	// DefaultMaxBodyBytes leaves room for a payload of the Flow's default
+	// limit (2 MiB, the IC's limit on an ingress message), its Candid
+	// record and the signed envelope around it, which together take less
+	// than 1 KiB more.
+	DefaultMaxBodyBytes = asyncflow.DefaultMaxPayload + 1<<20
 	// DefaultPermittedDrift is the clock difference the IC's HTTP handler
 	// allows.
 	DefaultPermittedDrift = 30 * time.Second
@@ -38,13 +41,20 @@ const maxReasonBytes = 300
 // defaults.
 type EndpointConfig struct {
 	// MaxBodyBytes is the largest body accepted; a larger one is refused
-	// with 413. Default DefaultMaxBodyBytes.
+	// with 413 without being read further. Default DefaultMaxBodyBytes; a
+	// Flow whose MaxPayload is larger than the default needs it raised
+	// to that payload plus at least 1 KiB.
 	MaxBodyBytes int64
 	// PermittedDrift is how much the sender's clock may differ from this
-	// one. Default DefaultPermittedDrift.
+	// one: an ingress expiry is accepted from now - PermittedDrift to
+	// now + MaxIngressExpiry + PermittedDrift. Default
+	// DefaultPermittedDrift; zero selects it, so the smallest drift that
+	// can be set is one nanosecond.
 	PermittedDrift time.Duration
 	// MaxIngressExpiry is how far ahead an ingress expiry may be, on top of
-	// the drift. Default DefaultMaxIngressExpiry.
+	// the drift. Default DefaultMaxIngressExpiry, which is what agent-go
+	// sets: a sender whose clock runs ahead of this one by up to
+	// PermittedDrift gets through.
 	MaxIngressExpiry time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
@@ -53,8 +63,10 @@ type EndpointConfig struct {
 	// refuses is answered but not reported here: the Inbound reports it
 	// (a Flow through Config.OnReject). It must be safe for concurrent use.
 	OnReject func(asyncflow.Rejection)
-	// Logger receives refusals at debug level (info when the sender was
-	// authenticated). Default: discard.
+	// Logger receives every refusal and acceptance at debug level: the
+	// endpoint's own refusals all come before the signature is checked,
+	// so a flood of them from anyone must not fill an info log. An
+	// Inbound logs its own refusals (a Flow at info). Default: discard.
 	Logger *slog.Logger
 }
 
@@ -85,8 +97,9 @@ var _ http.Handler = (*Endpoint)(nil)
 
 // NewEndpoint returns an Endpoint that accepts calls addressed to self
 // and delivers them to in. It refuses, with an error wrapping
-// asyncflow.ErrInvalidConfig, an empty or anonymous self, a nil in or a
-// negative limit.
+// asyncflow.ErrInvalidConfig, an empty or anonymous self, a nil in, a
+// negative limit, and a MaxIngressExpiry and PermittedDrift whose sum
+// overflows a time.Duration.
 func NewEndpoint(
 	self principal.Principal, in asyncflow.Inbound, cfg EndpointConfig,
 ) (*Endpoint, error) {
@@ -112,6 +125,10 @@ func NewEndpoint(
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MaxIngressExpiry > math.MaxInt64-cfg.PermittedDrift {
+		return nil, fmt.Errorf("ic: endpoint expiry limits %s and %s overflow: %w",
+			cfg.MaxIngressExpiry, cfg.PermittedDrift, asyncflow.ErrInvalidConfig)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -402,20 +419,16 @@ func (e *Endpoint) answerRefusal(s *submission, err error) {
 	}
 
 	inbound := ref != nil && ref.inbound
-	level := slog.LevelDebug
 	attrs := []slog.Attr{
 		slog.Int("status", status),
 		slog.String("reason", reason),
 		slog.String("remote", s.r.RemoteAddr),
 	}
 	if s.verified {
-		if !inbound {
-			level = slog.LevelInfo
-		}
 		attrs = append(attrs, slog.String("from", s.c.sender.Encode()),
 			slog.String("method", rejection.Method))
 	}
-	e.log.LogAttrs(s.r.Context(), level, "ic: call refused", attrs...)
+	e.log.LogAttrs(s.r.Context(), slog.LevelDebug, "ic: call refused", attrs...)
 
 	if e.cfg.OnReject != nil && !inbound {
 		e.cfg.OnReject(rejection)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +25,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
+
+var update = flag.Bool("update", false,
+	"rewrite the files under testdata that the tests build")
 
 // TestMain checks that no test leaves a goroutine behind. agent-go's
 // client uses http.DefaultTransport, whose idle connections are closed
@@ -104,6 +108,13 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg EndpointConfig) *harness {
 	t.Helper()
+	return newWrappedHarness(t, cfg, func(h http.Handler) http.Handler { return h })
+}
+
+// newWrappedHarness is newHarness with the endpoint served through wrap.
+func newWrappedHarness(t *testing.T, cfg EndpointConfig,
+	wrap func(http.Handler) http.Handler) *harness {
+	t.Helper()
 	receiver, err := identity.NewRandomEd25519Identity()
 	require.NoError(t, err)
 
@@ -116,7 +127,7 @@ func newHarness(t *testing.T, cfg EndpointConfig) *harness {
 	endpoint, err := NewEndpoint(h.self, h.in, cfg)
 	require.NoError(t, err)
 
-	h.srv = httptest.NewServer(endpoint)
+	h.srv = httptest.NewServer(wrap(endpoint))
 	t.Cleanup(h.srv.Close)
 	return h
 }
@@ -230,7 +241,7 @@ func signed(id identity.Identity, req agent.Request) agent.Envelope {
 	}
 }
 
-func encode(t *testing.T, v any) []byte {
+func encode(t testing.TB, v any) []byte {
 	t.Helper()
 	data, err := cbor.Marshal(v)
 	require.NoError(t, err)

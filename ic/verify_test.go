@@ -9,7 +9,6 @@ import (
 	agent "github.com/aviate-labs/agent-go"
 	"github.com/aviate-labs/agent-go/identity"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
-	"github.com/fxamacker/cbor/v2"
 	"github.com/stretchr/testify/require"
 )
 
@@ -138,36 +137,4 @@ func TestVerifyRefusesECDSAScalarsOutOfRange(t *testing.T) {
 			}
 		})
 	}
-}
-
-// FuzzParseSubmission checks that no body, however malformed, makes the
-// decoding and verification steps panic.
-func FuzzParseSubmission(f *testing.F) {
-	ed, err := identity.NewRandomEd25519Identity()
-	require.NoError(f, err)
-	req := agent.Request{
-		Type: agent.RequestTypeCall, Sender: ed.Sender(), CanisterID: ed.Sender(),
-		MethodName: "m", Arguments: []byte("DIDL\x00\x00"), IngressExpiry: 1, Nonce: []byte{1},
-	}
-	valid, err := cbor.Marshal(signed(ed, req))
-	require.NoError(f, err)
-	f.Add(valid)
-	f.Add([]byte{0xd9, 0xd9, 0xf7, 0xa0})
-	f.Add([]byte{0xbf, 0xff})
-
-	f.Fuzz(func(t *testing.T, body []byte) {
-		env, err := decodeEnvelope(body)
-		if err != nil {
-			return
-		}
-		c, err := decodeContent(env.Content)
-		if err != nil {
-			return
-		}
-		id, err := requestID(c.fields)
-		if err != nil {
-			return
-		}
-		_, _ = verifyRequest(env.SenderPubKey, id, env.SenderSig)
-	})
 }
