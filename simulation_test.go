@@ -5,8 +5,8 @@ package asyncflow
 // that drops, duplicates, delays, reorders and corrupts calls, while
 // their processes crash at chosen writes and restart on what their disks
 // kept. Once every exchange is over it checks what the protocol promises:
-// every message processed by its receiver and acknowledged to its sender;
-// handlers and ack callbacks run once, or at least once where a crash
+// every message processed by its receiver, and acknowledged to its sender
+// or kept there as corrupt; handlers and ack callbacks run once, or at least once where a crash
 // intervened; every hash mismatch reported, and no report without a
 // corruption behind it; the stores holding only processed ids inside the
 // dedup window and the corrupt messages the user must decide on; and,

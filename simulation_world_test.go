@@ -977,7 +977,8 @@ func (r *simRun) disarm() {
 // useSimEntropy makes the message ids of this process follow seed, so
 // that a run of the simulation sends the same bytes every time, and
 // returns a function that restores the random ids. Only one simulation
-// may run at a time.
+// may run at a time, and no other test may make ids meanwhile: the tests
+// of this package do not run in parallel.
 func useSimEntropy(seed uint64) (restore func()) {
 	var key [32]byte
 	binary.LittleEndian.PutUint64(key[:], seed)
