@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+// smokeLoad is a few hundred messages with a few in flight: enough to see
+// each scenario complete whole round trips and close clean, in seconds.
+func smokeLoad() load {
+	return load{inFlight: 16, payload: make([]byte, 100), messages: 300}
+}
+
+func TestEveryRoundTripScenarioCompletesEveryMessageAndClosesClean(t *testing.T) {
+	cfg := config{load: smokeLoad(), dir: t.TempDir(), httpIdle: 32}
+	for _, step := range []string{stepMemory, stepBolt, stepHTTP, stepJSMemory, stepJSFile} {
+		t.Run(step, func(t *testing.T) {
+			res, err := runRoundTrips(cfg.rig(step), cfg.load)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.roundTrips != cfg.load.messages {
+				t.Fatalf("%d round trips completed, want %d", res.roundTrips,
+					cfg.load.messages)
+			}
+			if res.rate() <= 0 {
+				t.Fatalf("rate %v, want a positive one", res.rate())
+			}
+		})
+	}
+}
+
+func TestARoundTripRunStopsAfterItsDuration(t *testing.T) {
+	l := load{inFlight: 8, payload: []byte("x"), warmup: 10 * time.Millisecond,
+		duration: 100 * time.Millisecond}
+	start := time.Now()
+	res, err := runRoundTrips(networkRig(memoryStores), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.roundTrips == 0 || res.elapsed < l.duration {
+		t.Fatalf("%d round trips in %s, want some in at least %s", res.roundTrips,
+			res.elapsed, l.duration)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("the run took %s", took)
+	}
+}
+
+func TestTheMarkdownReportHasAResultsAndATargetsTable(t *testing.T) {
+	cfg, err := parseFlags([]string{"-markdown", "-payload", "100"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := results{
+		rates: map[string]float64{stepMemory: 100_000, stepJSMemory: 20_000},
+	}
+	var out bytes.Buffer
+	if err := report(&out, cfg, res); err != nil {
+		t.Fatal(err)
+	}
+
+	text := out.String()
+	for _, want := range []string{
+		"| asyncflow, MemoryStore, in-memory network | 100,000 round trips/s |",
+		"| MemoryStore round trips vs JetStream memory | >= 10.0x | 5.0x | 0.50 | miss |",
+		"| durable round trips vs JetStream SyncAlways | >= 5.0x | - | - | not run |",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("report lacks %q:\n%s", want, text)
+		}
+	}
+}
+
+func TestFlagsRefuseAnUnknownStep(t *testing.T) {
+	_, err := parseFlags([]string{"-only", "memory,kafka"})
+	if err == nil || !strings.Contains(err.Error(), `"kafka"`) {
+		t.Fatalf("error %v, want one naming the unknown step", err)
+	}
+}
