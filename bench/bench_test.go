@@ -49,6 +49,26 @@ func TestARoundTripRunStopsAfterItsDuration(t *testing.T) {
 	}
 }
 
+func TestTheFloorDoesTheWorkOfARoundTrip(t *testing.T) {
+	f, err := runFloor(smokeLoad())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.rate <= 0 || f.perRecord <= 0 || f.allocsPerRecord <= 0 {
+		t.Fatalf("floor %+v, want a positive rate, time and allocation count", f)
+	}
+}
+
+func TestPendingMessagesAreWeighedAndRetryPassesTimed(t *testing.T) {
+	p, err := runPending(make([]byte, 100), 100, 2_000, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.bytesPerPending <= 0 || p.scanSmall <= 0 || p.scanLarge <= 0 {
+		t.Fatalf("pending %+v, want positive bytes and pass times", p)
+	}
+}
+
 func TestTheMarkdownReportHasAResultsAndATargetsTable(t *testing.T) {
 	cfg, err := parseFlags([]string{"-markdown", "-payload", "100"})
 	if err != nil {
@@ -56,6 +76,8 @@ func TestTheMarkdownReportHasAResultsAndATargetsTable(t *testing.T) {
 	}
 	res := results{
 		rates: map[string]float64{stepMemory: 100_000, stepJSMemory: 20_000},
+		floor: &floorResult{rate: 1e6, perRecord: 300 * time.Nanosecond,
+			allocsPerRecord: 2},
 	}
 	var out bytes.Buffer
 	if err := report(&out, cfg, res); err != nil {
@@ -66,6 +88,7 @@ func TestTheMarkdownReportHasAResultsAndATargetsTable(t *testing.T) {
 	for _, want := range []string{
 		"| asyncflow, MemoryStore, in-memory network | 100,000 round trips/s |",
 		"| MemoryStore round trips vs JetStream memory | >= 10.0x | 5.0x | 0.50 | miss |",
+		"| codec time per record | <= 1µs | 300ns | 0.30 | pass |",
 		"| durable round trips vs JetStream SyncAlways | >= 5.0x | - | - | not run |",
 	} {
 		if !strings.Contains(text, want) {

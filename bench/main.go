@@ -5,6 +5,8 @@
 //
 // It runs, one after the other:
 //
+//   - floor: the work every round trip does whatever carries it (one
+//     ULID, the three Candid records encoded and decoded, two CRC-32s);
 //   - memory, bolt, http: full asyncflow round trips, from CallAsync
 //     until the sender forgot the message and the receiver stored its
 //     ackack, between two Flows: on MemoryStores over the in-memory
@@ -13,7 +15,10 @@
 //     (ic.Transport to ic.Endpoint);
 //   - js-memory, js-file: an embedded NATS server's JetStream doing the
 //     same job: publish with Nats-Msg-Id, pull, DoubleAck, on a
-//     work-queue stream in memory or in files synced on every write.
+//     work-queue stream in memory or in files synced on every write;
+//   - pending: the heap a Flow and its MemoryStore hold per pending
+//     message beyond its payload, and the time of one retry pass that
+//     finds nothing due, at a small and a large pending count.
 //
 // Round-trip scenarios keep -inflight messages under way, each with a
 // payload of -payload bytes, for -duration after -warmup. It prints a
@@ -52,18 +57,24 @@ type config struct {
 	// cpuProfile, when set, names the file the CPU profile of the whole
 	// run is written to.
 	cpuProfile string
+	// pendingSmall and pendingLarge are the pending counts of the pending
+	// step, and passes how many retry passes it times at each.
+	pendingSmall, pendingLarge, passes int
 }
 
 // The steps, in the order they run.
 const (
+	stepFloor    = "floor"
 	stepMemory   = "memory"
 	stepBolt     = "bolt"
 	stepHTTP     = "http"
 	stepJSMemory = "js-memory"
 	stepJSFile   = "js-file"
+	stepPending  = "pending"
 )
 
-var allSteps = []string{stepMemory, stepBolt, stepHTTP, stepJSMemory, stepJSFile}
+var allSteps = []string{stepFloor, stepMemory, stepBolt, stepHTTP, stepJSMemory,
+	stepJSFile, stepPending}
 
 // titles name the round-trip scenarios in the results table.
 var titles = map[string]string{
@@ -124,6 +135,9 @@ func parseFlags(args []string) (config, error) {
 		"idle connections per host for http.DefaultTransport, which agent-go uses; "+
 			"0 keeps Go's default of 2")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the run to this file")
+	fs.IntVar(&cfg.pendingSmall, "pending-small", 1_000, "small pending count")
+	fs.IntVar(&cfg.pendingLarge, "pending", 1_000_000, "large pending count")
+	fs.IntVar(&cfg.passes, "passes", 200, "retry passes timed at each pending count")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -153,6 +167,10 @@ func (cfg config) validate() error {
 		return fmt.Errorf("-inflight %d: need at least 1", cfg.load.inFlight)
 	case cfg.load.duration <= 0 || cfg.load.warmup < 0:
 		return errors.New("-duration must be positive and -warmup not negative")
+	case cfg.passes < 1 || cfg.pendingSmall < 1 ||
+		cfg.pendingLarge < cfg.pendingSmall+cfg.passes:
+		return fmt.Errorf("-pending %d must be at least -pending-small %d plus -passes %d",
+			cfg.pendingLarge, cfg.pendingSmall, cfg.passes)
 	}
 	return nil
 }
@@ -164,7 +182,9 @@ func (cfg config) runs(step string) bool {
 
 // results is what a run measured. A step that did not run has no entry.
 type results struct {
-	rates map[string]float64
+	rates   map[string]float64
+	floor   *floorResult
+	pending *pendingResult
 }
 
 // rate returns a scenario's round trips per second, or NaN if it did not
@@ -180,6 +200,15 @@ func (r results) rate(step string) float64 {
 // does.
 func measure(progress io.Writer, cfg config) (results, error) {
 	res := results{rates: map[string]float64{}}
+	if cfg.runs(stepFloor) {
+		fmt.Fprintln(progress, "floor ...")
+		f, err := runFloor(cfg.load)
+		if err != nil {
+			return res, fmt.Errorf("floor: %w", err)
+		}
+		res.floor = &f
+	}
+
 	for _, step := range []string{stepMemory, stepBolt, stepHTTP, stepJSMemory, stepJSFile} {
 		if !cfg.runs(step) {
 			continue
@@ -191,6 +220,17 @@ func measure(progress io.Writer, cfg config) (results, error) {
 		}
 		res.rates[step] = r.rate()
 		runtime.GC()
+	}
+
+	if cfg.runs(stepPending) {
+		fmt.Fprintf(progress, "pending: %d, then %d messages ...\n", cfg.pendingSmall,
+			cfg.pendingLarge)
+		p, err := runPending(cfg.load.payload, cfg.pendingSmall, cfg.pendingLarge,
+			cfg.passes)
+		if err != nil {
+			return res, fmt.Errorf("pending: %w", err)
+		}
+		res.pending = &p
 	}
 	return res, nil
 }

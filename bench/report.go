@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // table is rows of text under a header, printed aligned or as Markdown.
@@ -84,6 +85,34 @@ func times(v float64) string {
 	return fmt.Sprintf("%.1fx", v)
 }
 
+// bytesUnit formats a size in bytes.
+func bytesUnit(v float64) string {
+	return fmt.Sprintf("%.0f B", v)
+}
+
+// allocsUnit formats allocations.
+func allocsUnit(v float64) string {
+	return fmt.Sprintf("%.2f", v)
+}
+
+// durationUnit formats seconds as a duration.
+func durationUnit(seconds float64) string {
+	return shortDuration(time.Duration(seconds * float64(time.Second)))
+}
+
+// shortDuration rounds d to three significant digits.
+func shortDuration(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return d.Round(time.Millisecond).String()
+	case d >= time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d >= time.Microsecond:
+		return d.Round(10 * time.Nanosecond).String()
+	}
+	return d.String()
+}
+
 // count formats a rate or count with thousands separators.
 func count(v float64) string {
 	if math.IsNaN(v) {
@@ -126,6 +155,25 @@ func measured(cfg config, res results) *table {
 			t.add(titles[step], count(v)+" round trips/s")
 		}
 	}
+	if f := res.floor; f != nil {
+		t.add("floor: 1 ULID, 3 records encoded and decoded, 2 CRC-32s",
+			fmt.Sprintf("%s messages/s on %d cores", count(f.rate), runtime.GOMAXPROCS(0)))
+		t.add("floor per record, one core", fmt.Sprintf("%s, %.2f allocs",
+			shortDuration(f.perRecord), f.allocsPerRecord))
+	}
+	if p := res.pending; p != nil {
+		t.add(fmt.Sprintf("heap per pending message beyond payload, %s pending",
+			count(float64(p.large))), bytesUnit(p.bytesPerPending))
+		for _, s := range []struct {
+			n             int
+			pass, nextDue time.Duration
+		}{{p.small, p.scanSmall, p.nextDueSmall}, {p.large, p.scanLarge, p.nextDueLarge}} {
+			t.add(fmt.Sprintf("retry pass, nothing due, %s pending (median of %d)",
+				count(float64(s.n)), cfg.passes),
+				fmt.Sprintf("%s (NextDue %s)", shortDuration(s.pass),
+					shortDuration(s.nextDue)))
+		}
+	}
 	return t
 }
 
@@ -140,5 +188,24 @@ func targets(res results) *table {
 	durable := target{name: "durable round trips vs JetStream SyncAlways", want: 5,
 		atLeast: true, unit: times}
 	t.add(durable.row(res.rate(stepBolt) / res.rate(stepJSFile))...)
+
+	perRecord, allocs := nanValue, nanValue
+	if f := res.floor; f != nil {
+		perRecord, allocs = f.perRecord.Seconds(), f.allocsPerRecord
+	}
+	t.add(target{name: "codec time per record", want: 1e-6,
+		unit: durationUnit}.row(perRecord)...)
+	t.add(target{name: "codec allocations per record", want: 2,
+		unit: allocsUnit}.row(allocs)...)
+
+	bytes, scan := nanValue, nanValue
+	if p := res.pending; p != nil {
+		bytes = p.bytesPerPending
+		scan = float64(p.scanLarge) / float64(p.scanSmall)
+	}
+	t.add(target{name: "heap per pending message beyond payload", want: 300,
+		unit: bytesUnit}.row(bytes)...)
+	t.add(target{name: "retry pass at the large pending count vs the small", want: 2,
+		unit: times}.row(scan)...)
 	return t
 }
