@@ -76,6 +76,7 @@ func TestTheMarkdownReportHasAResultsAndATargetsTable(t *testing.T) {
 	}
 	res := results{
 		rates: map[string]float64{stepMemory: 100_000, stepJSMemory: 20_000},
+		cores: map[string]float64{stepMemory: 1.5, stepJSMemory: 1.9},
 		floor: &floorResult{rate: 1e6, perRecord: 300 * time.Nanosecond,
 			allocsPerRecord: 2},
 	}
@@ -86,7 +87,7 @@ func TestTheMarkdownReportHasAResultsAndATargetsTable(t *testing.T) {
 
 	text := out.String()
 	for _, want := range []string{
-		"| asyncflow, MemoryStore, in-memory network | 100,000 round trips/s |",
+		"| asyncflow, MemoryStore, in-memory network | 100,000 round trips/s | 1.50 |",
 		"| MemoryStore round trips vs JetStream memory | >= 10.0x | 5.0x | 0.50 | miss |",
 		"| codec time per record | <= 1µs | 300ns | 0.30 | pass |",
 		"| durable round trips vs JetStream SyncAlways | >= 5.0x | - | - | not run |",

@@ -47,6 +47,18 @@ type buildRig func(done func()) (rig, error)
 type result struct {
 	roundTrips int64
 	elapsed    time.Duration
+	// cpu is the CPU time the whole process used meanwhile: on a shared
+	// machine, what it got of the cores tells a slow run from a starved
+	// one.
+	cpu time.Duration
+}
+
+// cores returns how many cores the run kept busy on average.
+func (r result) cores() float64 {
+	if r.elapsed <= 0 {
+		return 0
+	}
+	return r.cpu.Seconds() / r.elapsed.Seconds()
 }
 
 // rate returns the round trips per second.
@@ -116,19 +128,21 @@ func drive(r rig, l load, slots chan struct{}, completed *atomic.Int64) (result,
 		})
 	}
 
-	start := time.Now()
+	start, cpu := time.Now(), cpuTime()
 	var res result
 	if l.messages > 0 {
 		callers.Wait()
 		err := waitCompleted(completed, &sent, &failed)
-		res = result{roundTrips: completed.Load(), elapsed: time.Since(start)}
+		res = result{roundTrips: completed.Load(), elapsed: time.Since(start),
+			cpu: cpuTime() - cpu}
 		return res, errors.Join(failed.get(), err)
 	}
 
 	sleep(ctx, l.warmup)
-	c0, t0 := completed.Load(), time.Now()
+	c0, t0, cpu0 := completed.Load(), time.Now(), cpuTime()
 	sleep(ctx, l.duration)
-	res = result{roundTrips: completed.Load() - c0, elapsed: time.Since(t0)}
+	res = result{roundTrips: completed.Load() - c0, elapsed: time.Since(t0),
+		cpu: cpuTime() - cpu0}
 	cancel()
 	callers.Wait()
 	return res, errors.Join(failed.get(), waitCompleted(completed, &sent, &failed))

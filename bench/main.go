@@ -24,6 +24,9 @@
 // payload of -payload bytes, for -duration after -warmup. It prints a
 // table of the results and one of the targets, each with its ratio and
 // pass or miss; -markdown prints them as Markdown. -only runs a subset.
+// Beside each round-trip rate it shows how many cores the process kept
+// busy meanwhile: on a shared machine a low number means the run was
+// starved of CPU rather than slow.
 // The store and stream files go to a new directory under -dir: on a
 // tmpfs a sync costs nothing, and the durable numbers mean little.
 package main
@@ -182,7 +185,9 @@ func (cfg config) runs(step string) bool {
 
 // results is what a run measured. A step that did not run has no entry.
 type results struct {
-	rates   map[string]float64
+	rates map[string]float64
+	// cores is the cores each round-trip scenario kept busy.
+	cores   map[string]float64
 	floor   *floorResult
 	pending *pendingResult
 }
@@ -199,7 +204,7 @@ func (r results) rate(step string) float64 {
 // measure runs the selected steps in order, telling progress what it
 // does.
 func measure(progress io.Writer, cfg config) (results, error) {
-	res := results{rates: map[string]float64{}}
+	res := results{rates: map[string]float64{}, cores: map[string]float64{}}
 	if cfg.runs(stepFloor) {
 		fmt.Fprintln(progress, "floor ...")
 		f, err := runFloor(cfg.load)
@@ -219,6 +224,7 @@ func measure(progress io.Writer, cfg config) (results, error) {
 			return res, fmt.Errorf("%s: %w", step, err)
 		}
 		res.rates[step] = r.rate()
+		res.cores[step] = r.cores()
 		runtime.GC()
 	}
 

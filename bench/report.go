@@ -149,21 +149,23 @@ func report(w io.Writer, cfg config, res results) error {
 
 // measured is the table of results.
 func measured(cfg config, res results) *table {
-	t := &table{header: []string{"measure", "result"}}
+	t := &table{header: []string{"measure", "result", "cores busy"}}
 	for _, step := range []string{stepMemory, stepBolt, stepHTTP, stepJSMemory, stepJSFile} {
 		if v, ok := res.rates[step]; ok {
-			t.add(titles[step], count(v)+" round trips/s")
+			t.add(titles[step], count(v)+" round trips/s",
+				fmt.Sprintf("%.2f", res.cores[step]))
 		}
 	}
 	if f := res.floor; f != nil {
 		t.add("floor: 1 ULID, 3 records encoded and decoded, 2 CRC-32s",
-			fmt.Sprintf("%s messages/s on %d cores", count(f.rate), runtime.GOMAXPROCS(0)))
-		t.add("floor per record, one core", fmt.Sprintf("%s, %.2f allocs",
-			shortDuration(f.perRecord), f.allocsPerRecord))
+			fmt.Sprintf("%s messages/s", count(f.rate)),
+			fmt.Sprintf("%d goroutines", runtime.GOMAXPROCS(0)))
+		t.add("floor per record", fmt.Sprintf("%s, %.2f allocs",
+			shortDuration(f.perRecord), f.allocsPerRecord), "1 goroutine")
 	}
 	if p := res.pending; p != nil {
 		t.add(fmt.Sprintf("heap per pending message beyond payload, %s pending",
-			count(float64(p.large))), bytesUnit(p.bytesPerPending))
+			count(float64(p.large))), bytesUnit(p.bytesPerPending), "")
 		for _, s := range []struct {
 			n             int
 			pass, nextDue time.Duration
@@ -171,7 +173,7 @@ func measured(cfg config, res results) *table {
 			t.add(fmt.Sprintf("retry pass, nothing due, %s pending (median of %d)",
 				count(float64(s.n)), cfg.passes),
 				fmt.Sprintf("%s (NextDue %s)", shortDuration(s.pass),
-					shortDuration(s.nextDue)))
+					shortDuration(s.nextDue)), "")
 		}
 	}
 	return t
