@@ -164,7 +164,9 @@ type Config struct {
 	// StrictHash treats an ack or ackack whose hash is absent as a
 	// mismatch: OnCorrupt runs and, on the sender, the message moves to
 	// OutCorrupt. By default an absent hash is accepted, and a Delivery
-	// shows it as absent.
+	// shows it as absent. A sender answers an ack it can no longer check
+	// (after a restart, or for an id it never sent) with an ackack without
+	// a hash, so a strict receiver reports those too.
 	StrictHash bool
 
 	// SendWorkers is how many sends run at once. Default
@@ -258,6 +260,9 @@ type Flow struct {
 
 	// unsaved holds the handler results whose commit failed.
 	unsaved unsavedResults
+
+	// answers remembers the answers of the messages this Flow settled.
+	answers answers
 
 	// sending holds the records whose newMessage or ack is queued or
 	// being submitted. The retry loop does not queue them again: under a

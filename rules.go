@@ -164,7 +164,23 @@ func ackFor(rec Incoming) Ack {
 	return Ack{MsgID: rec.MsgID, Hash: SomeHash(rec.PayloadHash), Payload: rec.Ack}
 }
 
-// ackackFor returns the ackack a sender sends for an ack it got.
+// ackackFor returns the ackack a sender sends for an ack it settles.
 func ackackFor(ack Ack) AckAck {
 	return AckAck{MsgID: ack.MsgID, Hash: HashOf(ack.Payload)}
+}
+
+// ackackAgain returns the ackack a sender sends for an ack of id that it
+// does not settle, because an earlier ack did: rec is its record of id, or
+// nil once forgotten; took is the hash of the answer it took then, if it
+// still remembers it. The ackack confirms the answer the sender took, never
+// the copy that arrived now, so that the receiver learns when the two
+// differ; a sender that knows neither says so with an absent hash.
+func ackackAgain(id MsgID, rec *Outgoing, took Hash, remembered bool) AckAck {
+	switch {
+	case rec != nil && (rec.State == OutAcked || rec.State == OutCorrupt):
+		return AckAck{MsgID: id, Hash: HashOf(rec.Ack)}
+	case rec == nil && remembered:
+		return AckAck{MsgID: id, Hash: took}
+	}
+	return AckAck{MsgID: id}
 }

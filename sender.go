@@ -156,6 +156,7 @@ func (f *Flow) handleAck(ctx context.Context, caller principal.Principal, ack Ac
 		f.finishAcked(ctx, rec)
 		return nil
 	case ackCorrupt:
+		f.answers.remember(rec.MsgID, rec.To, HashOf(rec.Ack))
 		f.send(caller, MethodAckAck, ackackFor(ack).AppendCandid(nil))
 		f.reportCorrupt(ctx, Corruption{Side: SideSender, Peer: rec.To, MsgID: rec.MsgID,
 			Sent: rec.Payload, Received: rec.Ack, Expected: HashOf(rec.Payload),
@@ -165,7 +166,13 @@ func (f *Flow) handleAck(ctx context.Context, caller principal.Principal, ack Ac
 
 	// Unknown or already settled: the receiver is still resending, so
 	// answer again and change nothing.
-	f.send(caller, MethodAckAck, ackackFor(ack).AppendCandid(nil))
+	var held *Outgoing
+	if verdict == ackRepeat {
+		held = &rec
+	}
+	took, remembered := f.answers.lookup(ack.MsgID, caller)
+	again := ackackAgain(ack.MsgID, held, took, remembered)
+	f.send(caller, MethodAckAck, again.AppendCandid(nil))
 	return nil
 }
 
@@ -221,6 +228,7 @@ func (f *Flow) finishAcked(ctx context.Context, rec Outgoing) {
 	if failed != nil {
 		return
 	}
+	f.answers.remember(rec.MsgID, rec.To, HashOf(rec.Ack))
 	// The callback ran: forget the message even if ctx ended meanwhile,
 	// or the next Flow would run the callback again.
 	if err := f.store.DeleteOutgoing(context.WithoutCancel(ctx), rec.MsgID); err != nil {

@@ -205,14 +205,92 @@ func TestAckForUnknownIDIsAnsweredWithAckAckOnly(t *testing.T) {
 		ackacks := a.probe.sent(MethodAckAck)
 		require.Len(t, ackacks, 1)
 		require.Equal(t, bob, ackacks[0].to)
-		var aa AckAck
-		require.NoError(t, aa.UnmarshalCandid(ackacks[0].arg))
-		require.Equal(t, AckAck{MsgID: id, Hash: HashOf([]byte("z"))}, aa)
+		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, a),
+			"a sender that took no answer confirms none")
 
 		got := a.rec.snapshot()
 		require.Empty(t, got.deliveries)
 		require.Empty(t, got.corrupt)
 		require.Empty(t, got.rejections)
+	})
+}
+
+// lastAckAck returns the last ackack a sent.
+func lastAckAck(t *testing.T, a *peer) AckAck {
+	t.Helper()
+	ackacks := a.probe.sent(MethodAckAck)
+	require.NotEmpty(t, ackacks)
+	var aa AckAck
+	require.NoError(t, aa.UnmarshalCandid(ackacks[len(ackacks)-1].arg))
+	return aa
+}
+
+func TestAResentAckIsAnsweredWithTheAnswerTaken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, nil)
+		payload := []byte("p")
+		id := pendingMessage(t, net, a, payload)
+		took := Ack{MsgID: id, Hash: HashOf(payload), Payload: []byte("answer")}
+		other := Ack{MsgID: id, Hash: HashOf(payload), Payload: []byte("ANSWER")}
+
+		ackFrom(t, a.flow, bob, took)
+		synctest.Wait()
+		_, err := a.store.Outgoing(t.Context(), id)
+		require.ErrorIs(t, err, ErrNotFound, "settled and forgotten")
+
+		ackFrom(t, a.flow, bob, other)
+		synctest.Wait()
+		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(took.Payload)}, lastAckAck(t, a),
+			"the ackack confirms the answer taken, not the copy that came")
+
+		ackFrom(t, a.flow, carol, other)
+		synctest.Wait()
+		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, a),
+			"another principal learns nothing of the answer")
+		require.Len(t, a.rec.snapshot().deliveries, 1)
+		require.Empty(t, a.rec.snapshot().corrupt)
+	})
+}
+
+func TestAResentAckOfACorruptMessageIsAnsweredWithItsAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, nil)
+		id := pendingMessage(t, net, a, []byte("p"))
+		bad := Ack{MsgID: id, Hash: SomeHash(1), Payload: []byte("answer")}
+		other := Ack{MsgID: id, Hash: SomeHash(1), Payload: []byte("ANSWER")}
+
+		ackFrom(t, a.flow, bob, bad)
+		ackFrom(t, a.flow, bob, other)
+		synctest.Wait()
+		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(bad.Payload)}, lastAckAck(t, a),
+			"while kept as corrupt")
+
+		require.NoError(t, a.flow.Forget(t.Context(), id))
+		ackFrom(t, a.flow, bob, other)
+		synctest.Wait()
+		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(bad.Payload)}, lastAckAck(t, a),
+			"and once forgotten")
+		require.Len(t, a.rec.snapshot().corrupt, 1)
+	})
+}
+
+func TestARestartedSenderConfirmsNoAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, a, _ := newPair(t, nil)
+		id := pendingMessage(t, net, a, []byte("p"))
+		ack := Ack{MsgID: id, Hash: HashOf([]byte("p")), Payload: []byte("answer")}
+		ackFrom(t, a.flow, bob, ack)
+		synctest.Wait()
+		require.NoError(t, a.flow.Close())
+
+		pr := &probe{from: alice, next: net.Transport(alice)}
+		f, err := New(Config{Transport: pr, Store: a.store, Logger: quiet})
+		require.NoError(t, err)
+		defer f.Close()
+		ackFrom(t, f, bob, ack)
+		synctest.Wait()
+		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, &peer{probe: pr}),
+			"the answer taken is not kept across a restart")
 	})
 }
 

@@ -439,8 +439,8 @@ func badInputs() []badInput {
 				return asyncflow.Ack{MsgID: freshID(t), Payload: payload("late")}.AppendCandid(nil)
 			}),
 			status: 202, answer: ackack,
-			note: "; the Flow answers with an ackack (the receiver may still be " +
-				"resending) and changes nothing",
+			note: "; the Flow answers with an ackack without a hash (it took no " +
+				"answer) and changes nothing",
 			logs: []logLine{accepted("$peer", ack)},
 		},
 		{
