@@ -165,8 +165,9 @@ type Config struct {
 	// mismatch: OnCorrupt runs and, on the sender, the message moves to
 	// OutCorrupt. By default an absent hash is accepted, and a Delivery
 	// shows it as absent. A sender answers an ack it can no longer check
-	// (after a restart, or for an id it never sent) with an ackack without
-	// a hash, so a strict receiver reports those too.
+	// (after a restart, for a message forgotten before an ack came, or for
+	// an id it never sent) with an ackack without a hash, so a strict
+	// receiver reports those too.
 	StrictHash bool
 
 	// SendWorkers is how many sends run at once. Default

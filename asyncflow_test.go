@@ -255,6 +255,8 @@ func TestCloseStopsEverythingAndRefusesLaterCalls(t *testing.T) {
 
 		_, err = a.flow.CallAsync(t.Context(), bob, []byte("y"))
 		require.ErrorIs(t, err, ErrClosed)
+		_, err = a.flow.CallAsync(t.Context(), carol, []byte("y"))
+		require.ErrorIs(t, err, ErrClosed, "even to a target with no route")
 		err = a.flow.Deliver(t.Context(), bob, MethodAck, Ack{}.AppendCandid(nil))
 		require.ErrorIs(t, err, ErrClosed)
 		_, err = a.flow.Messages(t.Context(), OutPending)

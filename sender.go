@@ -32,11 +32,6 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 	if err := f.checkPayload("payload", payload); err != nil {
 		return MsgID{}, err
 	}
-	if r, ok := f.cfg.Transport.(Router); ok {
-		if err := r.Route(target); err != nil {
-			return MsgID{}, err
-		}
-	}
 	var o callOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -46,6 +41,12 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 		return MsgID{}, err
 	}
 	defer done()
+
+	if r, ok := f.cfg.Transport.(Router); ok {
+		if err := r.Route(target); err != nil {
+			return MsgID{}, err
+		}
+	}
 
 	if err := f.inFlight.reserve(ctx, target, !o.failWhenFull); err != nil {
 		if f.ctx.Err() != nil {
@@ -156,7 +157,6 @@ func (f *Flow) handleAck(ctx context.Context, caller principal.Principal, ack Ac
 		f.finishAcked(ctx, rec)
 		return nil
 	case ackCorrupt:
-		f.answers.remember(rec.MsgID, rec.To, HashOf(rec.Ack))
 		f.send(caller, MethodAckAck, ackackFor(ack).AppendCandid(nil))
 		f.reportCorrupt(ctx, Corruption{Side: SideSender, Peer: rec.To, MsgID: rec.MsgID,
 			Sent: rec.Payload, Received: rec.Ack, Expected: HashOf(rec.Payload),
@@ -204,6 +204,9 @@ func (f *Flow) settleAck(ctx context.Context, caller principal.Principal,
 			return 0, rec, fmt.Errorf("asyncflow: storing ack of %s: %w", ack.MsgID, err)
 		}
 		f.inFlight.release(rec.MsgID)
+		// Remembered before the lock is released: a Forget, even from
+		// OnAck, must not leave a moment in which the answer is unknown.
+		f.answers.remember(rec.MsgID, rec.To, HashOf(rec.Ack))
 	}
 	return verdict, rec, nil
 }
@@ -228,7 +231,6 @@ func (f *Flow) finishAcked(ctx context.Context, rec Outgoing) {
 	if failed != nil {
 		return
 	}
-	f.answers.remember(rec.MsgID, rec.To, HashOf(rec.Ack))
 	// The callback ran: forget the message even if ctx ended meanwhile,
 	// or the next Flow would run the callback again.
 	if err := f.store.DeleteOutgoing(context.WithoutCancel(ctx), rec.MsgID); err != nil {
@@ -330,6 +332,7 @@ func (f *Flow) resumeAcked(recs []Outgoing) {
 		if f.ctx.Err() != nil {
 			return
 		}
+		f.answers.remember(rec.MsgID, rec.To, HashOf(rec.Ack))
 		f.finishAcked(f.ctx, rec)
 	}
 }
@@ -349,8 +352,9 @@ func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
 
 // Forget removes the sender's record of id, whatever its state: a pending
 // message is no longer resent, no longer counts against MaxInFlight, and
-// a late ack for it is answered with ackack and nothing else. Forgetting
-// an unknown id is not an error.
+// a late ack for it is answered with ackack and nothing else (an ackack
+// without a hash, unless an earlier ack was taken). Forgetting an unknown
+// id is not an error.
 func (f *Flow) Forget(ctx context.Context, id MsgID) error {
 	ctx, done, err := f.enter(ctx)
 	if err != nil {

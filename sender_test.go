@@ -371,3 +371,29 @@ func TestAckWhoseRequestEndsIsStillSettledAndForgotten(t *testing.T) {
 		require.ErrorIs(t, err, ErrNotFound, "the message was forgotten")
 	})
 }
+
+// A Flow may send to its own principal (CheckPeer allows it): both sides
+// of the exchange then live in one Flow and one store, keyed apart.
+func TestSendingToItselfCompletesOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, err := NewNetwork(1, Faults{})
+		require.NoError(t, err)
+		t.Cleanup(net.Close)
+		a := newPeer(t, net, alice, nil)
+		id, err := a.flow.CallAsync(t.Context(), alice, []byte("me"))
+		require.NoError(t, err)
+		synctest.Wait()
+		time.Sleep(3 * DefaultRetryAfter)
+		synctest.Wait()
+
+		got := a.rec.snapshot()
+		require.Len(t, got.handled, 1)
+		require.Len(t, got.deliveries, 1)
+		require.Empty(t, got.corrupt)
+		_, err = a.store.Outgoing(t.Context(), id)
+		require.ErrorIs(t, err, ErrNotFound)
+		rec, err := a.store.Incoming(t.Context(), alice, id)
+		require.NoError(t, err)
+		require.Equal(t, InDone, rec.State)
+	})
+}

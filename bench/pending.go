@@ -85,6 +85,9 @@ func runPending(payload []byte, small, large, passes int) (pendingResult, error)
 		Store:      st,
 		RetryAfter: retryAfter,
 		Logger:     quiet,
+		// Every message stays pending, and all go to one peer: room for
+		// them all, and for the one each timed pass sends.
+		MaxInFlight: large + 2*passes + 1,
 	})
 	if err != nil {
 		return res, err

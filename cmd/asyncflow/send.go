@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -80,6 +81,10 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 		return usagef("send: --listen is required: the receiver sends its ack there, " +
 			"and needs a route to it (serve --peer <this principal>=http://<listen>)")
 	}
+	if !given(fs, "payload-hex") && !given(fs, "payload-file") {
+		return usagef("send: give the payload with --payload-hex or --payload-file " +
+			"(--payload-hex '' sends an empty one)")
+	}
 	if job.payload, err = readPayload(*payloadHex, *payloadFile); err != nil {
 		return err
 	}
@@ -97,6 +102,13 @@ func sendCmd(ctx context.Context, args []string, ev *events, stderr io.Writer) e
 		return err
 	}
 	return job.run(ctx)
+}
+
+// given reports whether the command line set the flag name.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // readPayload reads the payload from --payload-hex or --payload-file: a
