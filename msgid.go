@@ -59,7 +59,11 @@ func ParseMsgID(s string) (MsgID, error) {
 // MsgIDFromNat converts a Candid nat to a message id. It refuses negative
 // numbers and numbers of more than 128 bits.
 func MsgIDFromNat(n *big.Int) (MsgID, error) {
-	if n.Sign() < 0 || n.Cmp(maxMsgID) >= 0 {
+	switch {
+	case n.Sign() < 0:
+		return MsgID{}, fmt.Errorf("%w: %s is negative, and a msg_id is a nat",
+			ErrInvalidMsgID, n)
+	case n.Cmp(maxMsgID) >= 0:
 		return MsgID{}, fmt.Errorf("%w: %s does not fit in 128 bits", ErrInvalidMsgID, n)
 	}
 	var id MsgID

@@ -69,7 +69,8 @@ func ParseMethod(name string) (string, error) {
 	if IsMethod(full) {
 		return full, nil
 	}
-	return "", fmt.Errorf("%w: %q", ErrUnknownMethod, name)
+	return "", fmt.Errorf("%w: %q (the methods are newMessage, ack and ackack)",
+		ErrUnknownMethod, name)
 }
 
 // ShortMethod returns the method name without its "com_asyncFlow_" prefix.

@@ -43,6 +43,9 @@ func candidDecode(args []string, ev *events, stderr io.Writer) error {
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
+	if *method == "" {
+		return usagef("candid decode: --method is required: newMessage, ack or ackack")
+	}
 	full, err := asyncflow.ParseMethod(*method)
 	if err != nil {
 		return usagef("candid decode: --method: %v", err)
@@ -99,6 +102,9 @@ func candidEncode(args []string, ev *events, stderr io.Writer) error {
 		return err
 	}
 
+	if *method == "" {
+		return usagef("candid encode: --method is required: newMessage, ack or ackack")
+	}
 	full, err := asyncflow.ParseMethod(*method)
 	if err != nil {
 		return usagef("candid encode: --method: %v", err)

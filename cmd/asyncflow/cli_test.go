@@ -703,3 +703,22 @@ func TestALeftoverIsNotResentUnderAnotherIdentity(t *testing.T) {
 	}
 	require.Equal(t, []string{"6f6e6365"}, processed, "processed once, and B sent nothing")
 }
+
+func TestCandidMistakesSayWhatIsExpected(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"candid", "decode", "4449444c"}, "--method is required: newMessage, ack or ackack"},
+		{[]string{"candid", "encode", "--method", "newmessage", "--msg-id", "1"},
+			"the methods are newMessage, ack and ackack"},
+		{[]string{"candid", "encode", "--method", "ack", "--msg-id", "-1"},
+			"-1 is negative, and a msg_id is a nat"},
+	}
+	for _, tc := range cases {
+		code, stdout, stderr := runCLI(t, tc.args...)
+		require.Equal(t, 2, code, "%v", tc.args)
+		require.Empty(t, stdout)
+		require.Contains(t, stderr, tc.want, "%v", tc.args)
+	}
+}
