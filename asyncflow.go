@@ -570,3 +570,9 @@ func (f *Flow) checkPayload(what string, p []byte) error {
 	}
 	return nil
 }
+
+// MaxPayload returns the largest payload the Flow accepts and answers
+// with: Config.MaxPayload, or its default.
+func (f *Flow) MaxPayload() int {
+	return f.cfg.MaxPayload
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,9 +19,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// bigPeer is a Flow with default limits behind an Endpoint with default
-// limits, whose handler answers every message with a payload of the
-// Flow's largest size.
+// bigPeer is a Flow with a payload limit of maxPayload behind an Endpoint
+// with default limits, whose handler answers every message with a payload
+// of the Flow's largest size.
 type bigPeer struct {
 	id        identity.Identity
 	flow      *asyncflow.Flow
@@ -30,7 +31,7 @@ type bigPeer struct {
 	acked     chan asyncflow.Delivery
 }
 
-func newBigPeer(t *testing.T) *bigPeer {
+func newBigPeer(t *testing.T, maxPayload int) *bigPeer {
 	t.Helper()
 	id, err := identity.NewRandomEd25519Identity()
 	require.NoError(t, err)
@@ -41,12 +42,13 @@ func newBigPeer(t *testing.T) *bigPeer {
 	p.transport, err = NewTransport(id, TransportConfig{Logger: quiet})
 	require.NoError(t, err)
 	p.flow, err = asyncflow.New(asyncflow.Config{
-		Transport: p.transport,
-		Logger:    quiet,
+		Transport:  p.transport,
+		Logger:     quiet,
+		MaxPayload: maxPayload,
 		Handler: func(_ context.Context, _ principal.Principal, _ asyncflow.MsgID,
 			payload []byte) ([]byte, error) {
 			p.processed <- payload
-			return bytes.Repeat([]byte{'a'}, asyncflow.DefaultMaxPayload), nil
+			return bytes.Repeat([]byte{'a'}, p.flow.MaxPayload()), nil
 		},
 		OnAck: func(_ context.Context, d asyncflow.Delivery) { p.acked <- d },
 	})
@@ -61,31 +63,36 @@ func newBigPeer(t *testing.T) *bigPeer {
 	return p
 }
 
-// A payload of the Flow's default limit, 2 MiB, and an ack payload of the
-// same size both fit in the endpoint's default body limit, with the
-// Candid record and the signed envelope around them.
+// A payload of the Flow's limit, and an ack payload of the same size, both
+// fit in the endpoint's default body limit, with the Candid record and the
+// signed envelope around them: 2 MiB by default, and a larger limit set on
+// the Flow raises the endpoint's.
 func TestThePayloadLimitFitsInTheDefaultBodyLimitBothWays(t *testing.T) {
-	a, b := newBigPeer(t), newBigPeer(t)
-	require.NoError(t, a.transport.AddRoute(b.id.Sender(), b.srv.URL))
-	require.NoError(t, b.transport.AddRoute(a.id.Sender(), a.srv.URL))
-	payload := bytes.Repeat([]byte{'p'}, asyncflow.DefaultMaxPayload)
+	for _, limit := range []int{asyncflow.DefaultMaxPayload, 3 << 20} {
+		t.Run(strconv.Itoa(limit), func(t *testing.T) {
+			a, b := newBigPeer(t, limit), newBigPeer(t, limit)
+			require.NoError(t, a.transport.AddRoute(b.id.Sender(), b.srv.URL))
+			require.NoError(t, b.transport.AddRoute(a.id.Sender(), a.srv.URL))
+			payload := bytes.Repeat([]byte{'p'}, limit)
 
-	id, err := a.flow.CallAsync(t.Context(), b.id.Sender(), payload)
-	require.NoError(t, err)
+			id, err := a.flow.CallAsync(t.Context(), b.id.Sender(), payload)
+			require.NoError(t, err)
 
-	select {
-	case got := <-b.processed:
-		require.Equal(t, payload, got)
-	case <-time.After(wait):
-		t.Fatal("the receiver's handler did not run")
-	}
-	select {
-	case d := <-a.acked:
-		require.Equal(t, id, d.MsgID)
-		require.Len(t, d.Received, asyncflow.DefaultMaxPayload)
-		require.Equal(t, asyncflow.HashOf(payload), d.Hash)
-	case <-time.After(wait):
-		t.Fatal("the ack did not arrive")
+			select {
+			case got := <-b.processed:
+				require.Equal(t, payload, got)
+			case <-time.After(wait):
+				t.Fatal("the receiver's handler did not run")
+			}
+			select {
+			case d := <-a.acked:
+				require.Equal(t, id, d.MsgID)
+				require.Len(t, d.Received, limit)
+				require.Equal(t, asyncflow.HashOf(payload), d.Hash)
+			case <-time.After(wait):
+				t.Fatal("the ack did not arrive")
+			}
+		})
 	}
 }
 

@@ -24,7 +24,7 @@ const (
 	// limit (2 MiB, the IC's limit on an ingress message), its Candid
 	// record and the signed envelope around it, which together take less
 	// than 1 KiB more.
-	DefaultMaxBodyBytes = asyncflow.DefaultMaxPayload + 1<<20
+	DefaultMaxBodyBytes = asyncflow.DefaultMaxPayload + envelopeRoom
 	// DefaultPermittedDrift is the clock difference the IC's HTTP handler
 	// allows.
 	DefaultPermittedDrift = 30 * time.Second
@@ -32,6 +32,16 @@ const (
 	// expiry be, and what agent-go sets.
 	DefaultMaxIngressExpiry = 5 * time.Minute
 )
+
+// envelopeRoom is what a body may hold beyond its payload: far more than
+// the Candid record and the signed envelope take.
+const envelopeRoom = 1 << 20
+
+// payloadLimiter is an Inbound that says how large a payload it accepts,
+// as a Flow does.
+type payloadLimiter interface {
+	MaxPayload() int
+}
 
 // maxReasonBytes bounds the reason sent back, logged and reported, so a
 // hostile field value is never echoed at length.
@@ -41,9 +51,9 @@ const maxReasonBytes = 300
 // defaults.
 type EndpointConfig struct {
 	// MaxBodyBytes is the largest body accepted; a larger one is refused
-	// with 413 without being read further. Default DefaultMaxBodyBytes; a
-	// Flow whose MaxPayload is larger than the default needs it raised
-	// to that payload plus at least 1 KiB.
+	// with 413 without being read further. Default DefaultMaxBodyBytes,
+	// or, when the Inbound is a Flow whose MaxPayload is larger than the
+	// default, that payload plus the same 1 MiB of room.
 	MaxBodyBytes int64
 	// PermittedDrift is how much the sender's clock may differ from this
 	// one: an ingress expiry is accepted from now - PermittedDrift to
@@ -116,6 +126,9 @@ func NewEndpoint(
 
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+		if l, ok := in.(payloadLimiter); ok {
+			cfg.MaxBodyBytes = max(cfg.MaxBodyBytes, int64(l.MaxPayload())+envelopeRoom)
+		}
 	}
 	if cfg.PermittedDrift == 0 {
 		cfg.PermittedDrift = DefaultPermittedDrift

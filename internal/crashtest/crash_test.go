@@ -631,7 +631,7 @@ func checkNothingLeft(t *testing.T, r *crashRun, receiver *boltstore.Store, ids 
 	defer sender.Close()
 
 	states := []asyncflow.OutState{asyncflow.OutPending, asyncflow.OutAcked,
-		asyncflow.OutCorrupt}
+		asyncflow.OutCorrupt, asyncflow.OutGivenUp}
 	for _, st := range states {
 		for i, s := range []*boltstore.Store{sender, receiver} {
 			recs, err := s.ListOutgoing(ctx, st)
