@@ -49,6 +49,13 @@ type TransportConfig struct {
 // agent-go's client, to Go services running an Endpoint or to canisters.
 // It implements asyncflow.Transport and asyncflow.Router and is safe for
 // concurrent use.
+//
+// agent-go sends through http.DefaultTransport, which keeps two idle
+// connections per host: with many send workers to one peer, most calls
+// open a new connection and leave one in TIME_WAIT when done, enough to
+// run out of local ports under sustained load. A process that sends that
+// much raises http.DefaultTransport's MaxIdleConnsPerHost to its number
+// of send workers.
 type Transport struct {
 	id         identity.Identity
 	sender     principal.Principal
