@@ -136,6 +136,7 @@ func (n *Network) Close() {
 // delivery is one copy of a call on its way.
 type delivery struct {
 	to    Inbound
+	key   string // the receiver's principal, to find who is attached when it lands
 	delay time.Duration
 	arg   []byte
 }
@@ -162,7 +163,7 @@ func (n *Network) plan(to principal.Principal, arg []byte) ([]delivery, error) {
 	}
 	plan := make([]delivery, copies)
 	for i := range plan {
-		plan[i] = delivery{to: in, arg: arg}
+		plan[i] = delivery{to: in, key: string(to.Raw), arg: arg}
 		if n.chance(n.faults.Corrupt) && len(arg) > 0 {
 			n.stats.Corrupted++
 			plan[i].arg = n.flipBit(arg)
@@ -186,7 +187,8 @@ func (n *Network) flipBit(arg []byte) []byte {
 	return c
 }
 
-// later delivers d after its delay on a timer the network tracks.
+// later delivers d after its delay on a timer the network tracks, to the
+// Inbound attached when it lands: a peer restarted meanwhile gets it.
 func (n *Network) later(from principal.Principal, method string, d delivery) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -201,8 +203,9 @@ func (n *Network) later(from principal.Principal, method string, d delivery) {
 
 		n.mu.Lock()
 		delete(n.timers, t)
+		to := n.nodes[d.key]
 		n.mu.Unlock()
-		if err := d.to.Deliver(context.Background(), from, method, d.arg); err != nil {
+		if err := to.Deliver(context.Background(), from, method, d.arg); err != nil {
 			n.refused()
 		}
 	})

@@ -175,3 +175,21 @@ func TestNetworkLosesCallsToAPeerThatIsDown(t *testing.T) {
 		require.Equal(t, []byte{2}, got[0].arg)
 	})
 }
+
+func TestADelayedCallReachesThePeerAttachedWhenItLands(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, err := NewNetwork(1, Faults{Delay: 1, MaxDelay: time.Second})
+		require.NoError(t, err)
+		defer net.Close()
+		before, after := &inbox{}, &inbox{}
+		net.Attach(bob, before)
+
+		require.NoError(t, net.Transport(alice).Send(t.Context(), bob, MethodAckAck, []byte("x")))
+		net.Attach(bob, after) // bob restarted while the call was on its way
+		time.Sleep(time.Second)
+		synctest.Wait()
+
+		require.Empty(t, before.all())
+		require.Len(t, after.all(), 1)
+	})
+}
