@@ -44,7 +44,8 @@ func newService(dir string, acked chan<- asyncflow.Delivery) *service {
 
 	// Messages and processed ids survive a crash: open the file again to
 	// resume them.
-	store, err := boltstore.Open(filepath.Join(dir, id.Sender().String()+".db"), nil)
+	store, err := boltstore.Open(filepath.Join(dir, id.Sender().String()+".db"),
+		&boltstore.Options{Owner: id.Sender()})
 	if err != nil {
 		log.Fatal(err)
 	}
