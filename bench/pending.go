@@ -84,7 +84,10 @@ func runPending(payload []byte, small, large, passes int) (pendingResult, error)
 		Transport:  tr,
 		Store:      st,
 		RetryAfter: retryAfter,
-		Logger:     quiet,
+		// Every message stays pending, and the passes at the large count
+		// add one each: the default would make CallAsync wait for a slot.
+		MaxInFlight: large + passes,
+		Logger:      quiet,
 	})
 	if err != nil {
 		return res, err
