@@ -218,7 +218,7 @@ func (s *MemoryStore) Outgoing(_ context.Context, id MsgID) (Outgoing, error) {
 	}
 	e, ok := s.out[id]
 	if !ok {
-		return Outgoing{}, fmt.Errorf("%w: outgoing message %s", ErrNotFound, id)
+		return Outgoing{}, newNotFound(principal.Principal{}, id)
 	}
 	return copyOutgoing(e.rec), nil
 }
@@ -305,7 +305,7 @@ func (s *MemoryStore) Incoming(
 	}
 	e, ok := s.in[inKey(from, id)]
 	if !ok {
-		return Incoming{}, fmt.Errorf("%w: incoming message %s from %s", ErrNotFound, id, from)
+		return Incoming{}, newNotFound(from, id)
 	}
 	return copyIncoming(e.rec), nil
 }
@@ -418,6 +418,38 @@ func (s *MemoryStore) live(e dueEntry) bool {
 	r, ok := s.in[e.key]
 	return ok && r.seq == e.seq && r.rec.State == InAcking
 }
+
+// notFoundError is a lookup that found no record. It wraps ErrNotFound
+// and writes its text only when asked: a receiver looks up the id of
+// every new message before it has a record of it, so a miss is the common
+// case and formatting it each time would cost more than the lookup.
+type notFoundError struct {
+	id MsgID
+	// from is the caller of an incoming record, copied so that the error
+	// keeps no reference into the caller's bytes; n is its length, 0 for an
+	// outgoing record.
+	from [maxPrincipalBytes]byte
+	n    uint8
+}
+
+func newNotFound(from principal.Principal, id MsgID) error {
+	if len(from.Raw) > maxPrincipalBytes {
+		return fmt.Errorf("%w: incoming message %s from %s", ErrNotFound, id, from)
+	}
+	e := &notFoundError{id: id}
+	e.n = uint8(copy(e.from[:], from.Raw))
+	return e
+}
+
+func (e *notFoundError) Error() string {
+	if e.n == 0 {
+		return fmt.Sprintf("%v: outgoing message %s", ErrNotFound, e.id)
+	}
+	from := principal.Principal{Raw: e.from[:e.n]}
+	return fmt.Sprintf("%v: incoming message %s from %s", ErrNotFound, e.id, from)
+}
+
+func (e *notFoundError) Unwrap() error { return ErrNotFound }
 
 // dueEntry is one element of the memory store's due-time index. An entry
 // is stale once its record changed (seq differs) and is dropped lazily.
