@@ -41,11 +41,12 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 	for _, opt := range opts {
 		opt(&o)
 	}
-	ctx, done, err := f.enter(ctx)
+	call, err := f.enter(ctx)
 	if err != nil {
 		return MsgID{}, err
 	}
-	defer done()
+	defer f.leave(call)
+	ctx = call
 
 	if err := f.inFlight.reserve(ctx, target, !o.failWhenFull); err != nil {
 		if f.ctx.Err() != nil {
@@ -338,11 +339,12 @@ func (f *Flow) resumeAcked(recs []Outgoing) {
 // example the corrupt or given-up messages waiting for the user's
 // decision.
 func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
-	ctx, done, err := f.enter(ctx)
+	call, err := f.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer done()
+	defer f.leave(call)
+	ctx = call
 
 	return f.store.ListOutgoing(ctx, s)
 }
@@ -352,11 +354,12 @@ func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
 // a late ack for it is answered with ackack and nothing else. Forgetting
 // an unknown id is not an error.
 func (f *Flow) Forget(ctx context.Context, id MsgID) error {
-	ctx, done, err := f.enter(ctx)
+	call, err := f.enter(ctx)
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer f.leave(call)
+	ctx = call
 
 	lock := f.lockFor(id)
 	lock.Lock()
