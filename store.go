@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/aviate-labs/agent-go/principal"
 )
@@ -163,18 +164,65 @@ type MemoryStore struct {
 	mu     sync.Mutex
 	closed bool
 	seq    uint64
-	out    map[MsgID]memOut
+	out    map[MsgID]*memOut
 	in     map[recordKey]memIn
 	// dueOut and dueIn index pending and acking records by NextSend.
-	dueOut dueHeap
-	dueIn  dueHeap
+	dueOut dueHeap[MsgID]
+	dueIn  dueHeap[recordKey]
 	// byID holds the receiver's record keys in id order, for expiry.
 	byID idHeap
 }
 
+// memOut is the memory store's copy of a sender's record. The map holds
+// a pointer to it, since a map's slots stand half empty after it grows
+// and a slot the size of a record would double its cost. It leaves out
+// the id, which keys it, keeps what only an ack brings out of line, and
+// interns the target, which the messages pending to one target share.
 type memOut struct {
-	rec Outgoing
-	seq uint64
+	to       unique.Handle[string]
+	payload  []byte
+	ack      *memAck
+	nextSend time.Time
+	attempts uint32
+	state    OutState
+	seq      uint64
+}
+
+// memAck is what an ack brought to a sender's record.
+type memAck struct {
+	payload []byte
+	hash    Hash
+}
+
+func newMemOut(m Outgoing, seq uint64) *memOut {
+	e := &memOut{
+		to:       unique.Make(string(m.To.Raw)),
+		payload:  bytes.Clone(m.Payload),
+		nextSend: m.NextSend,
+		attempts: m.Attempts,
+		state:    m.State,
+		seq:      seq,
+	}
+	if m.Ack != nil || m.AckHash != (Hash{}) {
+		e.ack = &memAck{payload: bytes.Clone(m.Ack), hash: m.AckHash}
+	}
+	return e
+}
+
+// record returns a copy of the record of id that e holds.
+func (e *memOut) record(id MsgID) Outgoing {
+	m := Outgoing{
+		MsgID:    id,
+		To:       principal.Principal{Raw: []byte(e.to.Value())},
+		Payload:  bytes.Clone(e.payload),
+		State:    e.state,
+		Attempts: e.attempts,
+		NextSend: e.nextSend,
+	}
+	if e.ack != nil {
+		m.Ack, m.AckHash = bytes.Clone(e.ack.payload), e.ack.hash
+	}
+	return m
 }
 
 type memIn struct {
@@ -185,7 +233,7 @@ type memIn struct {
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
-		out: make(map[MsgID]memOut),
+		out: make(map[MsgID]*memOut),
 		in:  make(map[recordKey]memIn),
 	}
 }
@@ -201,9 +249,9 @@ func (s *MemoryStore) PutOutgoing(_ context.Context, m Outgoing) error {
 		return errStoreClosed
 	}
 	s.seq++
-	s.out[m.MsgID] = memOut{rec: copyOutgoing(m), seq: s.seq}
+	s.out[m.MsgID] = newMemOut(m, s.seq)
 	if m.State == OutPending {
-		heap.Push(&s.dueOut, dueEntry{at: m.NextSend, key: outKey(m.MsgID), seq: s.seq})
+		heapPush(&s.dueOut, dueEntry[MsgID]{at: m.NextSend, key: m.MsgID, seq: s.seq})
 	}
 	return nil
 }
@@ -220,7 +268,7 @@ func (s *MemoryStore) Outgoing(_ context.Context, id MsgID) (Outgoing, error) {
 	if !ok {
 		return Outgoing{}, newNotFound(principal.Principal{}, id)
 	}
-	return copyOutgoing(e.rec), nil
+	return e.record(id), nil
 }
 
 // DeleteOutgoing implements Store.
@@ -244,9 +292,9 @@ func (s *MemoryStore) ListOutgoing(_ context.Context, st OutState) ([]Outgoing, 
 		return nil, errStoreClosed
 	}
 	var list []Outgoing
-	for _, e := range s.out {
-		if e.rec.State == st {
-			list = append(list, copyOutgoing(e.rec))
+	for id, e := range s.out {
+		if e.state == st {
+			list = append(list, e.record(id))
 		}
 	}
 	slices.SortFunc(list, func(a, b Outgoing) int { return a.MsgID.Compare(b.MsgID) })
@@ -263,11 +311,11 @@ func (s *MemoryStore) DueOutgoing(_ context.Context, now time.Time,
 		return nil, errStoreClosed
 	}
 	var list []Outgoing
-	s.scanDue(&s.dueOut, now, func(e dueEntry) bool {
+	scanDue(&s.dueOut, now, s.liveOut, func(e dueEntry[MsgID]) bool {
 		if len(list) >= limit {
 			return false
 		}
-		list = append(list, copyOutgoing(s.out[e.key.id].rec))
+		list = append(list, s.out[e.key].record(e.key))
 		return true
 	})
 	return list, nil
@@ -284,11 +332,11 @@ func (s *MemoryStore) PutIncoming(_ context.Context, m Incoming) error {
 	s.seq++
 	k := inKey(m.From, m.MsgID)
 	if _, ok := s.in[k]; !ok {
-		heap.Push(&s.byID, k)
+		heapPush(&s.byID, k)
 	}
 	s.in[k] = memIn{rec: copyIncoming(m), seq: s.seq}
 	if m.State == InAcking {
-		heap.Push(&s.dueIn, dueEntry{at: m.NextSend, key: k, seq: s.seq})
+		heapPush(&s.dueIn, dueEntry[recordKey]{at: m.NextSend, key: k, seq: s.seq})
 	}
 	return nil
 }
@@ -320,7 +368,7 @@ func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time,
 		return nil, errStoreClosed
 	}
 	var list []Incoming
-	s.scanDue(&s.dueIn, now, func(e dueEntry) bool {
+	scanDue(&s.dueIn, now, s.liveIn, func(e dueEntry[recordKey]) bool {
 		if len(list) >= limit {
 			return false
 		}
@@ -340,7 +388,7 @@ func (s *MemoryStore) ExpireIncoming(_ context.Context, before time.Time, limit 
 	}
 	n := 0
 	for n < limit && s.byID.Len() > 0 && s.byID[0].id.Time().Before(before) {
-		delete(s.in, heap.Pop(&s.byID).(recordKey))
+		delete(s.in, heapPop(&s.byID))
 		n++
 	}
 	return n, nil
@@ -354,8 +402,8 @@ func (s *MemoryStore) NextDue(context.Context) (time.Time, bool, error) {
 	if s.closed {
 		return time.Time{}, false, errStoreClosed
 	}
-	out, okOut := s.earliest(&s.dueOut)
-	in, okIn := s.earliest(&s.dueIn)
+	out, okOut := earliest(&s.dueOut, s.liveOut)
+	in, okIn := earliest(&s.dueIn, s.liveIn)
 	switch {
 	case okOut && (!okIn || out.Before(in)):
 		return out, true, nil
@@ -375,14 +423,15 @@ func (s *MemoryStore) Close() error {
 	return nil
 }
 
-// scanDue visits the live due entries not after now, earliest first, while
-// visit returns true for them, and keeps them in the index. Entries that no
-// longer match their record are dropped on the way.
-func (s *MemoryStore) scanDue(h *dueHeap, now time.Time, visit func(dueEntry) bool) {
-	var kept []dueEntry
+// scanDue visits the live due entries of h not after now, earliest
+// first, while visit returns true for them, and keeps them in h. Entries
+// that live says no longer match their record are dropped on the way.
+func scanDue[K comparable](h *dueHeap[K], now time.Time, live func(dueEntry[K]) bool,
+	visit func(dueEntry[K]) bool) {
+	var kept []dueEntry[K]
 	for h.Len() > 0 && !(*h)[0].at.After(now) {
-		e := heap.Pop(h).(dueEntry)
-		if !s.live(e) {
+		e := heapPop(h)
+		if !live(e) {
 			continue
 		}
 		kept = append(kept, e)
@@ -391,30 +440,31 @@ func (s *MemoryStore) scanDue(h *dueHeap, now time.Time, visit func(dueEntry) bo
 		}
 	}
 	for _, e := range kept {
-		heap.Push(h, e)
+		heapPush(h, e)
 	}
 }
 
-// earliest returns the time of the first live entry of h, dropping stale
-// entries in front of it.
-func (s *MemoryStore) earliest(h *dueHeap) (time.Time, bool) {
+// earliest returns the time of the first entry of h that live accepts,
+// dropping stale entries in front of it.
+func earliest[K comparable](h *dueHeap[K], live func(dueEntry[K]) bool) (time.Time, bool) {
 	for h.Len() > 0 {
-		if s.live((*h)[0]) {
+		if live((*h)[0]) {
 			return (*h)[0].at, true
 		}
-		heap.Pop(h)
+		heapPop(h)
 	}
 	return time.Time{}, false
 }
 
-// live reports whether a due entry still describes its record: the record
-// exists, has not changed since the entry was pushed, and is in a state
-// that is resent.
-func (s *MemoryStore) live(e dueEntry) bool {
-	if !e.key.incoming {
-		r, ok := s.out[e.key.id]
-		return ok && r.seq == e.seq && r.rec.State == OutPending
-	}
+// liveOut and liveIn report whether a due entry still describes its
+// record: the record exists, has not changed since the entry was pushed,
+// and is in a state that is resent.
+func (s *MemoryStore) liveOut(e dueEntry[MsgID]) bool {
+	r, ok := s.out[e.key]
+	return ok && r.seq == e.seq && r.state == OutPending
+}
+
+func (s *MemoryStore) liveIn(e dueEntry[recordKey]) bool {
 	r, ok := s.in[e.key]
 	return ok && r.seq == e.seq && r.rec.State == InAcking
 }
@@ -451,27 +501,22 @@ func (e *notFoundError) Error() string {
 
 func (e *notFoundError) Unwrap() error { return ErrNotFound }
 
-// dueEntry is one element of the memory store's due-time index. An entry
-// is stale once its record changed (seq differs) and is dropped lazily.
-type dueEntry struct {
+// dueEntry is one element of the memory store's due-time index, for the
+// record of key K. An entry is stale once its record changed (seq
+// differs) and is dropped lazily.
+type dueEntry[K comparable] struct {
 	at  time.Time
-	key recordKey
+	key K
 	seq uint64
 }
 
-type dueHeap []dueEntry
+type dueHeap[K comparable] []dueEntry[K]
 
-func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueEntry)) }
-
-func (h *dueHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
-}
+func (h dueHeap[K]) Len() int           { return len(h) }
+func (h dueHeap[K]) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap[K]) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap[K]) Push(x any)        { *h = append(*h, x.(dueEntry[K])) }
+func (h *dueHeap[K]) Pop() any          { return popLast(h) }
 
 // idHeap orders the receiver's record keys by id, oldest first.
 type idHeap []recordKey
@@ -480,19 +525,43 @@ func (h idHeap) Len() int           { return len(h) }
 func (h idHeap) Less(i, j int) bool { return h[i].id.Compare(h[j].id) < 0 }
 func (h idHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *idHeap) Push(x any)        { *h = append(*h, x.(recordKey)) }
+func (h *idHeap) Pop() any          { return popLast(h) }
 
-func (h *idHeap) Pop() any {
-	old := *h
-	k := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return k
+// heapPush and heapPop do what heap.Push and heap.Pop do, without passing
+// the element through an interface, which would allocate a copy of it on
+// every record stored.
+func heapPush[H interface {
+	heap.Interface
+	*S
+}, S ~[]E, E any](h H, e E) {
+	*h = append(*h, e)
+	heap.Fix(h, len(*h)-1)
 }
 
-func copyOutgoing(m Outgoing) Outgoing {
-	m.To = principal.Principal{Raw: bytes.Clone(m.To.Raw)}
-	m.Payload = bytes.Clone(m.Payload)
-	m.Ack = bytes.Clone(m.Ack)
-	return m
+func heapPop[H interface {
+	heap.Interface
+	*S
+}, S ~[]E, E any](h H) E {
+	s := *h
+	e, n := s[0], len(s)-1
+	s[0] = s[n]
+	*h = s[:n]
+	if n > 0 {
+		heap.Fix(h, 0)
+	}
+	var zero E
+	s[n] = zero
+	return e
+}
+
+// popLast removes the last element of *h, as heap.Interface's Pop does.
+func popLast[S ~[]E, E any](h *S) E {
+	s := *h
+	e, n := s[len(s)-1], len(s)-1
+	var zero E
+	s[n] = zero
+	*h = s[:n]
+	return e
 }
 
 func copyIncoming(m Incoming) Incoming {
