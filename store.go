@@ -163,29 +163,34 @@ type Store interface {
 type MemoryStore struct {
 	mu     sync.Mutex
 	closed bool
-	seq    uint64
 	out    map[MsgID]*memOut
 	in     map[recordKey]memIn
 	// dueOut and dueIn index pending and acking records by NextSend.
-	dueOut dueHeap[MsgID]
-	dueIn  dueHeap[recordKey]
+	// dueOut holds the sender's records, which know their place in it;
+	// dueIn holds entries for the receiver's, which a map holds by value
+	// because they are many and live long, so that an entry goes stale
+	// when its record changes (its seq differs) and is dropped lazily.
+	dueOut outDueHeap
+	dueIn  inDueHeap
+	seq    uint64
 	// byID holds the receiver's record keys in id order, for expiry.
 	byID idHeap
 }
 
 // memOut is the memory store's copy of a sender's record. The map holds
 // a pointer to it, since a map's slots stand half empty after it grows
-// and a slot the size of a record would double its cost. It leaves out
-// the id, which keys it, keeps what only an ack brings out of line, and
-// interns the target, which the messages pending to one target share.
+// and a slot the size of a record would double its cost. It keeps what
+// only an ack brings out of line, and interns the target, which the
+// messages pending to one target share.
 type memOut struct {
+	id       MsgID
 	to       unique.Handle[string]
 	payload  []byte
 	ack      *memAck
 	nextSend time.Time
 	attempts uint32
 	state    OutState
-	seq      uint64
+	due      duePos
 }
 
 // memAck is what an ack brought to a sender's record.
@@ -194,14 +199,15 @@ type memAck struct {
 	hash    Hash
 }
 
-func newMemOut(m Outgoing, seq uint64) *memOut {
+func newMemOut(m Outgoing) *memOut {
 	e := &memOut{
+		id:       m.MsgID,
 		to:       unique.Make(string(m.To.Raw)),
 		payload:  bytes.Clone(m.Payload),
 		nextSend: m.NextSend,
 		attempts: m.Attempts,
 		state:    m.State,
-		seq:      seq,
+		due:      notDue,
 	}
 	if m.Ack != nil || m.AckHash != (Hash{}) {
 		e.ack = &memAck{payload: bytes.Clone(m.Ack), hash: m.AckHash}
@@ -209,10 +215,10 @@ func newMemOut(m Outgoing, seq uint64) *memOut {
 	return e
 }
 
-// record returns a copy of the record of id that e holds.
-func (e *memOut) record(id MsgID) Outgoing {
+// record returns a copy of the record e holds.
+func (e *memOut) record() Outgoing {
 	m := Outgoing{
-		MsgID:    id,
+		MsgID:    e.id,
 		To:       principal.Principal{Raw: []byte(e.to.Value())},
 		Payload:  bytes.Clone(e.payload),
 		State:    e.state,
@@ -225,6 +231,8 @@ func (e *memOut) record(id MsgID) Outgoing {
 	return m
 }
 
+// memIn is the memory store's copy of a receiver's record, and the seq of
+// its last change.
 type memIn struct {
 	rec Incoming
 	seq uint64
@@ -248,10 +256,13 @@ func (s *MemoryStore) PutOutgoing(_ context.Context, m Outgoing) error {
 	if s.closed {
 		return errStoreClosed
 	}
-	s.seq++
-	s.out[m.MsgID] = newMemOut(m, s.seq)
+	if old, ok := s.out[m.MsgID]; ok {
+		s.dueOut.remove(old)
+	}
+	e := newMemOut(m)
+	s.out[m.MsgID] = e
 	if m.State == OutPending {
-		heapPush(&s.dueOut, dueEntry[MsgID]{at: m.NextSend, key: m.MsgID, seq: s.seq})
+		heap.Push(&s.dueOut, e)
 	}
 	return nil
 }
@@ -268,7 +279,7 @@ func (s *MemoryStore) Outgoing(_ context.Context, id MsgID) (Outgoing, error) {
 	if !ok {
 		return Outgoing{}, newNotFound(principal.Principal{}, id)
 	}
-	return e.record(id), nil
+	return e.record(), nil
 }
 
 // DeleteOutgoing implements Store.
@@ -279,7 +290,10 @@ func (s *MemoryStore) DeleteOutgoing(_ context.Context, id MsgID) error {
 	if s.closed {
 		return errStoreClosed
 	}
-	delete(s.out, id)
+	if e, ok := s.out[id]; ok {
+		s.dueOut.remove(e)
+		delete(s.out, id)
+	}
 	return nil
 }
 
@@ -292,9 +306,9 @@ func (s *MemoryStore) ListOutgoing(_ context.Context, st OutState) ([]Outgoing, 
 		return nil, errStoreClosed
 	}
 	var list []Outgoing
-	for id, e := range s.out {
+	for _, e := range s.out {
 		if e.state == st {
-			list = append(list, e.record(id))
+			list = append(list, e.record())
 		}
 	}
 	slices.SortFunc(list, func(a, b Outgoing) int { return a.MsgID.Compare(b.MsgID) })
@@ -311,13 +325,9 @@ func (s *MemoryStore) DueOutgoing(_ context.Context, now time.Time,
 		return nil, errStoreClosed
 	}
 	var list []Outgoing
-	scanDue(&s.dueOut, now, s.liveOut, func(e dueEntry[MsgID]) bool {
-		if len(list) >= limit {
-			return false
-		}
-		list = append(list, s.out[e.key].record(e.key))
-		return true
-	})
+	for _, e := range s.dueOut.upTo(now, limit) {
+		list = append(list, e.record())
+	}
 	return list, nil
 }
 
@@ -336,7 +346,7 @@ func (s *MemoryStore) PutIncoming(_ context.Context, m Incoming) error {
 	}
 	s.in[k] = memIn{rec: copyIncoming(m), seq: s.seq}
 	if m.State == InAcking {
-		heapPush(&s.dueIn, dueEntry[recordKey]{at: m.NextSend, key: k, seq: s.seq})
+		heapPush(&s.dueIn, inDue{at: m.NextSend, key: k, seq: s.seq})
 	}
 	return nil
 }
@@ -368,13 +378,17 @@ func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time,
 		return nil, errStoreClosed
 	}
 	var list []Incoming
-	scanDue(&s.dueIn, now, s.liveIn, func(e dueEntry[recordKey]) bool {
-		if len(list) >= limit {
-			return false
+	var kept []inDue
+	for len(list) < limit && len(s.dueIn) > 0 && !s.dueIn[0].at.After(now) {
+		e := heapPop(&s.dueIn)
+		if s.liveIn(e) {
+			kept = append(kept, e)
+			list = append(list, copyIncoming(s.in[e.key].rec))
 		}
-		list = append(list, copyIncoming(s.in[e.key].rec))
-		return true
-	})
+	}
+	for _, e := range kept {
+		heapPush(&s.dueIn, e)
+	}
 	return list, nil
 }
 
@@ -402,8 +416,8 @@ func (s *MemoryStore) NextDue(context.Context) (time.Time, bool, error) {
 	if s.closed {
 		return time.Time{}, false, errStoreClosed
 	}
-	out, okOut := earliest(&s.dueOut, s.liveOut)
-	in, okIn := earliest(&s.dueIn, s.liveIn)
+	out, okOut := s.dueOut.first()
+	in, okIn := s.firstIn()
 	switch {
 	case okOut && (!okIn || out.Before(in)):
 		return out, true, nil
@@ -421,52 +435,6 @@ func (s *MemoryStore) Close() error {
 	s.closed = true
 	s.out, s.in, s.dueOut, s.dueIn, s.byID = nil, nil, nil, nil, nil
 	return nil
-}
-
-// scanDue visits the live due entries of h not after now, earliest
-// first, while visit returns true for them, and keeps them in h. Entries
-// that live says no longer match their record are dropped on the way.
-func scanDue[K comparable](h *dueHeap[K], now time.Time, live func(dueEntry[K]) bool,
-	visit func(dueEntry[K]) bool) {
-	var kept []dueEntry[K]
-	for h.Len() > 0 && !(*h)[0].at.After(now) {
-		e := heapPop(h)
-		if !live(e) {
-			continue
-		}
-		kept = append(kept, e)
-		if !visit(e) {
-			break
-		}
-	}
-	for _, e := range kept {
-		heapPush(h, e)
-	}
-}
-
-// earliest returns the time of the first entry of h that live accepts,
-// dropping stale entries in front of it.
-func earliest[K comparable](h *dueHeap[K], live func(dueEntry[K]) bool) (time.Time, bool) {
-	for h.Len() > 0 {
-		if live((*h)[0]) {
-			return (*h)[0].at, true
-		}
-		heapPop(h)
-	}
-	return time.Time{}, false
-}
-
-// liveOut and liveIn report whether a due entry still describes its
-// record: the record exists, has not changed since the entry was pushed,
-// and is in a state that is resent.
-func (s *MemoryStore) liveOut(e dueEntry[MsgID]) bool {
-	r, ok := s.out[e.key]
-	return ok && r.seq == e.seq && r.state == OutPending
-}
-
-func (s *MemoryStore) liveIn(e dueEntry[recordKey]) bool {
-	r, ok := s.in[e.key]
-	return ok && r.seq == e.seq && r.rec.State == InAcking
 }
 
 // notFoundError is a lookup that found no record. It wraps ErrNotFound
@@ -501,22 +469,99 @@ func (e *notFoundError) Error() string {
 
 func (e *notFoundError) Unwrap() error { return ErrNotFound }
 
-// dueEntry is one element of the memory store's due-time index, for the
-// record of key K. An entry is stale once its record changed (seq
-// differs) and is dropped lazily.
-type dueEntry[K comparable] struct {
+// outDueHeap orders the sender's pending records by due time, earliest
+// first. Each record knows its place in it, so that a record that
+// changes or goes leaves it at once: no stale entries pile up behind the
+// records that are due.
+type outDueHeap []*memOut
+
+// duePos is a record's index in its due heap, or notDue.
+type duePos int
+
+const notDue duePos = -1
+
+func (h outDueHeap) Len() int           { return len(h) }
+func (h outDueHeap) Less(i, j int) bool { return h[i].nextSend.Before(h[j].nextSend) }
+
+func (h outDueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].due, h[j].due = duePos(i), duePos(j)
+}
+
+func (h *outDueHeap) Push(x any) {
+	e := x.(*memOut)
+	e.due = duePos(len(*h))
+	*h = append(*h, e)
+}
+
+func (h *outDueHeap) Pop() any {
+	e := popLast(h)
+	e.due = notDue
+	return e
+}
+
+// remove takes e out of h if it is there.
+func (h *outDueHeap) remove(e *memOut) {
+	if e.due != notDue {
+		heap.Remove(h, int(e.due))
+	}
+}
+
+// first returns the earliest due time in h.
+func (h outDueHeap) first() (time.Time, bool) {
+	if len(h) == 0 {
+		return time.Time{}, false
+	}
+	return h[0].nextSend, true
+}
+
+// upTo returns up to limit records due at or before now, earliest first,
+// and leaves them in h.
+func (h *outDueHeap) upTo(now time.Time, limit int) []*memOut {
+	var due []*memOut
+	for len(due) < limit && h.Len() > 0 && !(*h)[0].nextSend.After(now) {
+		due = append(due, heap.Pop(h).(*memOut))
+	}
+	for _, e := range due {
+		heap.Push(h, e)
+	}
+	return due
+}
+
+// inDue is an entry of the receiver's due index: the record of key is
+// due at at, if its seq is still seq.
+type inDue struct {
 	at  time.Time
-	key K
+	key recordKey
 	seq uint64
 }
 
-type dueHeap[K comparable] []dueEntry[K]
+type inDueHeap []inDue
 
-func (h dueHeap[K]) Len() int           { return len(h) }
-func (h dueHeap[K]) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h dueHeap[K]) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *dueHeap[K]) Push(x any)        { *h = append(*h, x.(dueEntry[K])) }
-func (h *dueHeap[K]) Pop() any          { return popLast(h) }
+func (h inDueHeap) Len() int           { return len(h) }
+func (h inDueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h inDueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *inDueHeap) Push(x any)        { *h = append(*h, x.(inDue)) }
+func (h *inDueHeap) Pop() any          { return popLast(h) }
+
+// liveIn reports whether e still describes its record: the record exists,
+// has not changed since e was pushed, and its ack is resent.
+func (s *MemoryStore) liveIn(e inDue) bool {
+	r, ok := s.in[e.key]
+	return ok && r.seq == e.seq && r.rec.State == InAcking
+}
+
+// firstIn returns the earliest due time of a receiver's record, dropping
+// the stale entries in front of it.
+func (s *MemoryStore) firstIn() (time.Time, bool) {
+	for len(s.dueIn) > 0 {
+		if s.liveIn(s.dueIn[0]) {
+			return s.dueIn[0].at, true
+		}
+		heapPop(&s.dueIn)
+	}
+	return time.Time{}, false
+}
 
 // idHeap orders the receiver's record keys by id, oldest first.
 type idHeap []recordKey
