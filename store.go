@@ -232,10 +232,33 @@ func (e *memOut) record() Outgoing {
 }
 
 // memIn is the memory store's copy of a receiver's record, and the seq of
-// its last change.
+// its last change. It leaves out the caller and the id, which its key
+// holds: the map keeps every id processed in the dedup window, by value.
 type memIn struct {
-	rec Incoming
-	seq uint64
+	ack         []byte
+	nextSend    time.Time
+	seq         uint64
+	payloadHash uint32
+	attempts    uint32
+	state       InState
+}
+
+func newMemIn(m Incoming, seq uint64) memIn {
+	return memIn{ack: bytes.Clone(m.Ack), nextSend: m.NextSend, seq: seq,
+		payloadHash: m.PayloadHash, attempts: m.Attempts, state: m.State}
+}
+
+// record returns a copy of the record of k that e holds.
+func (e memIn) record(k recordKey) Incoming {
+	return Incoming{
+		From:        principal.Principal{Raw: []byte(k.from)},
+		MsgID:       k.id,
+		PayloadHash: e.payloadHash,
+		Ack:         bytes.Clone(e.ack),
+		State:       e.state,
+		Attempts:    e.attempts,
+		NextSend:    e.nextSend,
+	}
 }
 
 // NewMemoryStore returns an empty MemoryStore.
@@ -344,7 +367,7 @@ func (s *MemoryStore) PutIncoming(_ context.Context, m Incoming) error {
 	if _, ok := s.in[k]; !ok {
 		heapPush(&s.byID, k)
 	}
-	s.in[k] = memIn{rec: copyIncoming(m), seq: s.seq}
+	s.in[k] = newMemIn(m, s.seq)
 	if m.State == InAcking {
 		heapPush(&s.dueIn, inDue{at: m.NextSend, key: k, seq: s.seq})
 	}
@@ -361,11 +384,12 @@ func (s *MemoryStore) Incoming(
 	if s.closed {
 		return Incoming{}, errStoreClosed
 	}
-	e, ok := s.in[inKey(from, id)]
+	k := inKey(from, id)
+	e, ok := s.in[k]
 	if !ok {
 		return Incoming{}, newNotFound(from, id)
 	}
-	return copyIncoming(e.rec), nil
+	return e.record(k), nil
 }
 
 // DueIncoming implements Store.
@@ -383,7 +407,7 @@ func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time,
 		e := heapPop(&s.dueIn)
 		if s.liveIn(e) {
 			kept = append(kept, e)
-			list = append(list, copyIncoming(s.in[e.key].rec))
+			list = append(list, s.in[e.key].record(e.key))
 		}
 	}
 	for _, e := range kept {
@@ -548,7 +572,7 @@ func (h *inDueHeap) Pop() any          { return popLast(h) }
 // has not changed since e was pushed, and its ack is resent.
 func (s *MemoryStore) liveIn(e inDue) bool {
 	r, ok := s.in[e.key]
-	return ok && r.seq == e.seq && r.rec.State == InAcking
+	return ok && r.seq == e.seq && r.state == InAcking
 }
 
 // firstIn returns the earliest due time of a receiver's record, dropping
@@ -607,10 +631,4 @@ func popLast[S ~[]E, E any](h *S) E {
 	s[n] = zero
 	*h = s[:n]
 	return e
-}
-
-func copyIncoming(m Incoming) Incoming {
-	m.From = principal.Principal{Raw: bytes.Clone(m.From.Raw)}
-	m.Ack = bytes.Clone(m.Ack)
-	return m
 }
