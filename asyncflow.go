@@ -445,22 +445,23 @@ func (f *Flow) Stats() Stats {
 }
 
 // enter marks the start of a call that uses the Flow's state; it fails
-// once Close began. The returned context is ctx, also cancelled by Close.
-func (f *Flow) enter(ctx context.Context) (context.Context, func(), error) {
+// once Close began. The returned context has ctx's values and deadline,
+// and ends when ctx does, when Close begins or when leave ends the call.
+func (f *Flow) enter(ctx context.Context) (*callContext, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 
 	if f.closed {
-		return nil, nil, ErrClosed
+		return nil, ErrClosed
 	}
 	f.active.Add(1)
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(f.ctx, cancel)
-	return ctx, func() {
-		stop()
-		cancel()
-		f.active.Done()
-	}, nil
+	return &callContext{parent: ctx, also: f.ctx}, nil
+}
+
+// leave ends the call that enter started with ctx.
+func (f *Flow) leave(ctx *callContext) {
+	ctx.end()
+	f.active.Done()
 }
 
 // lockFor returns the lock that guards the records of id.
@@ -496,9 +497,9 @@ func (f *Flow) sendWorker() {
 			return
 		}
 
-		ctx, cancel := context.WithTimeout(f.ctx, f.cfg.SendTimeout)
+		ctx := &callContext{parent: f.ctx, deadline: time.Now().Add(f.cfg.SendTimeout)}
 		err := f.cfg.Transport.Send(ctx, c.to, c.method, c.arg)
-		cancel()
+		ctx.end()
 		if c.tracked() {
 			f.sending.remove(c.rec)
 		}

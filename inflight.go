@@ -22,14 +22,17 @@ const DefaultMaxInFlight = 500
 type inFlight struct {
 	max int
 
-	mu      sync.Mutex
-	ids     map[MsgID]string
+	mu sync.Mutex
+	// ids maps each counted id to its target's share, which a million
+	// ids to one target share.
+	ids     map[MsgID]*slots
 	targets map[string]*slots
 }
 
 // slots is one target's share: taken counts its pending messages and the
-// slots reserved for messages being stored.
+// slots reserved for messages being stored. key is the target's bytes.
 type slots struct {
+	key     string
 	taken   int
 	waiters []*slotWaiter
 }
@@ -42,7 +45,7 @@ type slotWaiter struct {
 }
 
 func newInFlight(max int) *inFlight {
-	return &inFlight{max: max, ids: make(map[MsgID]string),
+	return &inFlight{max: max, ids: make(map[MsgID]*slots),
 		targets: make(map[string]*slots)}
 }
 
@@ -51,9 +54,8 @@ func newInFlight(max int) *inFlight {
 // when ctx ends first. The slot is the caller's until it holds an id in
 // it, or gives it back with unreserve.
 func (s *inFlight) reserve(ctx context.Context, target principal.Principal, wait bool) error {
-	key := string(target.Raw)
 	s.mu.Lock()
-	t := s.target(key)
+	t := s.target(target)
 	if t.taken < s.max && len(t.waiters) == 0 {
 		t.taken++
 		s.mu.Unlock()
@@ -77,10 +79,10 @@ func (s *inFlight) reserve(ctx context.Context, target principal.Principal, wait
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if w.granted {
-		s.free(key)
+		s.free(t)
 	} else {
 		t.waiters = slices.DeleteFunc(t.waiters, func(o *slotWaiter) bool { return o == w })
-		s.drop(key)
+		s.drop(t)
 	}
 	return fmt.Errorf("%w: waited for one of %d messages to %s to settle: %w",
 		ErrTooManyInFlight, s.max, target, ctx.Err())
@@ -91,7 +93,7 @@ func (s *inFlight) unreserve(target principal.Principal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	s.free(string(target.Raw))
+	s.free(s.targets[string(target.Raw)])
 }
 
 // hold records that id, a message to target, is pending in the slot that
@@ -100,7 +102,7 @@ func (s *inFlight) hold(id MsgID, target principal.Principal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	s.ids[id] = string(target.Raw)
+	s.ids[id] = s.targets[string(target.Raw)]
 }
 
 // adopt counts id, a pending message to target found in the store, unless
@@ -113,9 +115,9 @@ func (s *inFlight) adopt(id MsgID, target principal.Principal) {
 	if _, ok := s.ids[id]; ok {
 		return
 	}
-	key := string(target.Raw)
-	s.ids[id] = key
-	s.target(key).taken++
+	t := s.target(target)
+	s.ids[id] = t
+	t.taken++
 }
 
 // release frees the slot of id, which is no longer pending; an id not
@@ -124,12 +126,12 @@ func (s *inFlight) release(id MsgID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	key, ok := s.ids[id]
+	t, ok := s.ids[id]
 	if !ok {
 		return
 	}
 	delete(s.ids, id)
-	s.free(key)
+	s.free(t)
 }
 
 // holds reports whether id is counted as pending.
@@ -152,20 +154,19 @@ func (s *inFlight) count(target principal.Principal) int {
 	return 0
 }
 
-// target returns the share of key, creating it. The caller holds mu.
-func (s *inFlight) target(key string) *slots {
-	t, ok := s.targets[key]
+// target returns the share of target, creating it. The caller holds mu.
+func (s *inFlight) target(target principal.Principal) *slots {
+	t, ok := s.targets[string(target.Raw)]
 	if !ok {
-		t = &slots{}
-		s.targets[key] = t
+		t = &slots{key: string(target.Raw)}
+		s.targets[t.key] = t
 	}
 	return t
 }
 
-// free gives a slot of key back and hands free slots to the waiters
-// first in line. The caller holds mu.
-func (s *inFlight) free(key string) {
-	t := s.targets[key]
+// free gives a slot of t back and hands free slots to the waiters first
+// in line. The caller holds mu.
+func (s *inFlight) free(t *slots) {
 	t.taken--
 	for t.taken < s.max && len(t.waiters) > 0 {
 		w := t.waiters[0]
@@ -175,13 +176,13 @@ func (s *inFlight) free(key string) {
 		close(w.ready)
 		t.taken++
 	}
-	s.drop(key)
+	s.drop(t)
 }
 
-// drop forgets the share of key once it holds nothing, so that targets
-// written to once cost nothing later. The caller holds mu.
-func (s *inFlight) drop(key string) {
-	if t := s.targets[key]; t.taken == 0 && len(t.waiters) == 0 {
-		delete(s.targets, key)
+// drop forgets the share t once it holds nothing, so that targets written
+// to once cost nothing later. The caller holds mu.
+func (s *inFlight) drop(t *slots) {
+	if t.taken == 0 && len(t.waiters) == 0 {
+		delete(s.targets, t.key)
 	}
 }

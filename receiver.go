@@ -35,11 +35,12 @@ import (
 // cancels them.
 func (f *Flow) Deliver(ctx context.Context, caller principal.Principal, method string,
 	arg []byte) error {
-	ctx, done, err := f.enter(context.WithoutCancel(ctx))
+	call, err := f.enter(context.WithoutCancel(ctx))
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer f.leave(call)
+	ctx = call
 
 	if err := CheckPeer(caller); err != nil {
 		return f.refuse(Rejection{Method: method}, err)

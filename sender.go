@@ -36,11 +36,12 @@ func (f *Flow) CallAsync(ctx context.Context, target principal.Principal,
 	for _, opt := range opts {
 		opt(&o)
 	}
-	ctx, done, err := f.enter(ctx)
+	call, err := f.enter(ctx)
 	if err != nil {
 		return MsgID{}, err
 	}
-	defer done()
+	defer f.leave(call)
+	ctx = call
 
 	if r, ok := f.cfg.Transport.(Router); ok {
 		if err := r.Route(target); err != nil {
@@ -341,11 +342,12 @@ func (f *Flow) resumeAcked(recs []Outgoing) {
 // example the corrupt or given-up messages waiting for the user's
 // decision.
 func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
-	ctx, done, err := f.enter(ctx)
+	call, err := f.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer done()
+	defer f.leave(call)
+	ctx = call
 
 	return f.store.ListOutgoing(ctx, s)
 }
@@ -356,11 +358,12 @@ func (f *Flow) Messages(ctx context.Context, s OutState) ([]Outgoing, error) {
 // without a hash, unless an earlier ack was taken). Forgetting an unknown
 // id is not an error.
 func (f *Flow) Forget(ctx context.Context, id MsgID) error {
-	ctx, done, err := f.enter(ctx)
+	call, err := f.enter(ctx)
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer f.leave(call)
+	ctx = call
 
 	lock := f.lockFor(id)
 	lock.Lock()

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/aviate-labs/agent-go/principal"
 )
@@ -162,30 +163,108 @@ type Store interface {
 type MemoryStore struct {
 	mu     sync.Mutex
 	closed bool
-	seq    uint64
-	out    map[MsgID]memOut
+	out    map[MsgID]*memOut
 	in     map[recordKey]memIn
 	// dueOut and dueIn index pending and acking records by NextSend.
-	dueOut dueHeap
-	dueIn  dueHeap
+	// dueOut holds the sender's records, which know their place in it;
+	// dueIn holds entries for the receiver's, which a map holds by value
+	// because they are many and live long, so that an entry goes stale
+	// when its record changes (its seq differs) and is dropped lazily.
+	dueOut outDueHeap
+	dueIn  inDueHeap
+	seq    uint64
 	// byID holds the receiver's record keys in id order, for expiry.
 	byID idHeap
 }
 
+// memOut is the memory store's copy of a sender's record. The map holds
+// a pointer to it, since a map's slots stand half empty after it grows
+// and a slot the size of a record would double its cost. It keeps what
+// only an ack brings out of line, and interns the target, which the
+// messages pending to one target share.
 type memOut struct {
-	rec Outgoing
-	seq uint64
+	id       MsgID
+	to       unique.Handle[string]
+	payload  []byte
+	ack      *memAck
+	nextSend time.Time
+	attempts uint32
+	state    OutState
+	due      duePos
 }
 
+// memAck is what an ack brought to a sender's record.
+type memAck struct {
+	payload []byte
+	hash    Hash
+}
+
+func newMemOut(m Outgoing) *memOut {
+	e := &memOut{
+		id:       m.MsgID,
+		to:       unique.Make(string(m.To.Raw)),
+		payload:  bytes.Clone(m.Payload),
+		nextSend: m.NextSend,
+		attempts: m.Attempts,
+		state:    m.State,
+		due:      notDue,
+	}
+	if m.Ack != nil || m.AckHash != (Hash{}) {
+		e.ack = &memAck{payload: bytes.Clone(m.Ack), hash: m.AckHash}
+	}
+	return e
+}
+
+// record returns a copy of the record e holds.
+func (e *memOut) record() Outgoing {
+	m := Outgoing{
+		MsgID:    e.id,
+		To:       principal.Principal{Raw: []byte(e.to.Value())},
+		Payload:  bytes.Clone(e.payload),
+		State:    e.state,
+		Attempts: e.attempts,
+		NextSend: e.nextSend,
+	}
+	if e.ack != nil {
+		m.Ack, m.AckHash = bytes.Clone(e.ack.payload), e.ack.hash
+	}
+	return m
+}
+
+// memIn is the memory store's copy of a receiver's record, and the seq of
+// its last change. It leaves out the caller and the id, which its key
+// holds: the map keeps every id processed in the dedup window, by value.
 type memIn struct {
-	rec Incoming
-	seq uint64
+	ack         []byte
+	nextSend    time.Time
+	seq         uint64
+	payloadHash uint32
+	attempts    uint32
+	state       InState
+}
+
+func newMemIn(m Incoming, seq uint64) memIn {
+	return memIn{ack: bytes.Clone(m.Ack), nextSend: m.NextSend, seq: seq,
+		payloadHash: m.PayloadHash, attempts: m.Attempts, state: m.State}
+}
+
+// record returns a copy of the record of k that e holds.
+func (e memIn) record(k recordKey) Incoming {
+	return Incoming{
+		From:        principal.Principal{Raw: []byte(k.from)},
+		MsgID:       k.id,
+		PayloadHash: e.payloadHash,
+		Ack:         bytes.Clone(e.ack),
+		State:       e.state,
+		Attempts:    e.attempts,
+		NextSend:    e.nextSend,
+	}
 }
 
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
-		out: make(map[MsgID]memOut),
+		out: make(map[MsgID]*memOut),
 		in:  make(map[recordKey]memIn),
 	}
 }
@@ -200,10 +279,13 @@ func (s *MemoryStore) PutOutgoing(_ context.Context, m Outgoing) error {
 	if s.closed {
 		return errStoreClosed
 	}
-	s.seq++
-	s.out[m.MsgID] = memOut{rec: copyOutgoing(m), seq: s.seq}
+	if old, ok := s.out[m.MsgID]; ok {
+		s.dueOut.remove(old)
+	}
+	e := newMemOut(m)
+	s.out[m.MsgID] = e
 	if m.State == OutPending {
-		heap.Push(&s.dueOut, dueEntry{at: m.NextSend, key: outKey(m.MsgID), seq: s.seq})
+		heap.Push(&s.dueOut, e)
 	}
 	return nil
 }
@@ -218,9 +300,9 @@ func (s *MemoryStore) Outgoing(_ context.Context, id MsgID) (Outgoing, error) {
 	}
 	e, ok := s.out[id]
 	if !ok {
-		return Outgoing{}, fmt.Errorf("%w: outgoing message %s", ErrNotFound, id)
+		return Outgoing{}, newNotFound(principal.Principal{}, id)
 	}
-	return copyOutgoing(e.rec), nil
+	return e.record(), nil
 }
 
 // DeleteOutgoing implements Store.
@@ -231,7 +313,10 @@ func (s *MemoryStore) DeleteOutgoing(_ context.Context, id MsgID) error {
 	if s.closed {
 		return errStoreClosed
 	}
-	delete(s.out, id)
+	if e, ok := s.out[id]; ok {
+		s.dueOut.remove(e)
+		delete(s.out, id)
+	}
 	return nil
 }
 
@@ -245,8 +330,8 @@ func (s *MemoryStore) ListOutgoing(_ context.Context, st OutState) ([]Outgoing, 
 	}
 	var list []Outgoing
 	for _, e := range s.out {
-		if e.rec.State == st {
-			list = append(list, copyOutgoing(e.rec))
+		if e.state == st {
+			list = append(list, e.record())
 		}
 	}
 	slices.SortFunc(list, func(a, b Outgoing) int { return a.MsgID.Compare(b.MsgID) })
@@ -263,13 +348,9 @@ func (s *MemoryStore) DueOutgoing(_ context.Context, now time.Time,
 		return nil, errStoreClosed
 	}
 	var list []Outgoing
-	s.scanDue(&s.dueOut, now, func(e dueEntry) bool {
-		if len(list) >= limit {
-			return false
-		}
-		list = append(list, copyOutgoing(s.out[e.key.id].rec))
-		return true
-	})
+	for _, e := range s.dueOut.upTo(now, limit) {
+		list = append(list, e.record())
+	}
 	return list, nil
 }
 
@@ -284,11 +365,11 @@ func (s *MemoryStore) PutIncoming(_ context.Context, m Incoming) error {
 	s.seq++
 	k := inKey(m.From, m.MsgID)
 	if _, ok := s.in[k]; !ok {
-		heap.Push(&s.byID, k)
+		heapPush(&s.byID, k)
 	}
-	s.in[k] = memIn{rec: copyIncoming(m), seq: s.seq}
+	s.in[k] = newMemIn(m, s.seq)
 	if m.State == InAcking {
-		heap.Push(&s.dueIn, dueEntry{at: m.NextSend, key: k, seq: s.seq})
+		heapPush(&s.dueIn, inDue{at: m.NextSend, key: k, seq: s.seq})
 	}
 	return nil
 }
@@ -303,11 +384,12 @@ func (s *MemoryStore) Incoming(
 	if s.closed {
 		return Incoming{}, errStoreClosed
 	}
-	e, ok := s.in[inKey(from, id)]
+	k := inKey(from, id)
+	e, ok := s.in[k]
 	if !ok {
-		return Incoming{}, fmt.Errorf("%w: incoming message %s from %s", ErrNotFound, id, from)
+		return Incoming{}, newNotFound(from, id)
 	}
-	return copyIncoming(e.rec), nil
+	return e.record(k), nil
 }
 
 // DueIncoming implements Store.
@@ -320,13 +402,17 @@ func (s *MemoryStore) DueIncoming(_ context.Context, now time.Time,
 		return nil, errStoreClosed
 	}
 	var list []Incoming
-	s.scanDue(&s.dueIn, now, func(e dueEntry) bool {
-		if len(list) >= limit {
-			return false
+	var kept []inDue
+	for len(list) < limit && len(s.dueIn) > 0 && !s.dueIn[0].at.After(now) {
+		e := heapPop(&s.dueIn)
+		if s.liveIn(e) {
+			kept = append(kept, e)
+			list = append(list, s.in[e.key].record(e.key))
 		}
-		list = append(list, copyIncoming(s.in[e.key].rec))
-		return true
-	})
+	}
+	for _, e := range kept {
+		heapPush(&s.dueIn, e)
+	}
 	return list, nil
 }
 
@@ -340,7 +426,7 @@ func (s *MemoryStore) ExpireIncoming(_ context.Context, before time.Time, limit 
 	}
 	n := 0
 	for n < limit && s.byID.Len() > 0 && s.byID[0].id.Time().Before(before) {
-		delete(s.in, heap.Pop(&s.byID).(recordKey))
+		delete(s.in, heapPop(&s.byID))
 		n++
 	}
 	return n, nil
@@ -354,8 +440,8 @@ func (s *MemoryStore) NextDue(context.Context) (time.Time, bool, error) {
 	if s.closed {
 		return time.Time{}, false, errStoreClosed
 	}
-	out, okOut := s.earliest(&s.dueOut)
-	in, okIn := s.earliest(&s.dueIn)
+	out, okOut := s.dueOut.first()
+	in, okIn := s.firstIn()
 	switch {
 	case okOut && (!okIn || out.Before(in)):
 		return out, true, nil
@@ -375,70 +461,130 @@ func (s *MemoryStore) Close() error {
 	return nil
 }
 
-// scanDue visits the live due entries not after now, earliest first, while
-// visit returns true for them, and keeps them in the index. Entries that no
-// longer match their record are dropped on the way.
-func (s *MemoryStore) scanDue(h *dueHeap, now time.Time, visit func(dueEntry) bool) {
-	var kept []dueEntry
-	for h.Len() > 0 && !(*h)[0].at.After(now) {
-		e := heap.Pop(h).(dueEntry)
-		if !s.live(e) {
-			continue
-		}
-		kept = append(kept, e)
-		if !visit(e) {
-			break
-		}
+// notFoundError is a lookup that found no record. It wraps ErrNotFound
+// and writes its text only when asked: a receiver looks up the id of
+// every new message before it has a record of it, so a miss is the common
+// case and formatting it each time would cost more than the lookup.
+type notFoundError struct {
+	id MsgID
+	// from is the caller of an incoming record, copied so that the error
+	// keeps no reference into the caller's bytes; n is its length, 0 for an
+	// outgoing record.
+	from [maxPrincipalBytes]byte
+	n    uint8
+}
+
+func newNotFound(from principal.Principal, id MsgID) error {
+	if len(from.Raw) > maxPrincipalBytes {
+		return fmt.Errorf("%w: incoming message %s from %s", ErrNotFound, id, from)
 	}
-	for _, e := range kept {
+	e := &notFoundError{id: id}
+	e.n = uint8(copy(e.from[:], from.Raw))
+	return e
+}
+
+func (e *notFoundError) Error() string {
+	if e.n == 0 {
+		return fmt.Sprintf("%v: outgoing message %s", ErrNotFound, e.id)
+	}
+	from := principal.Principal{Raw: e.from[:e.n]}
+	return fmt.Sprintf("%v: incoming message %s from %s", ErrNotFound, e.id, from)
+}
+
+func (e *notFoundError) Unwrap() error { return ErrNotFound }
+
+// outDueHeap orders the sender's pending records by due time, earliest
+// first. Each record knows its place in it, so that a record that
+// changes or goes leaves it at once: no stale entries pile up behind the
+// records that are due.
+type outDueHeap []*memOut
+
+// duePos is a record's index in its due heap, or notDue.
+type duePos int
+
+const notDue duePos = -1
+
+func (h outDueHeap) Len() int           { return len(h) }
+func (h outDueHeap) Less(i, j int) bool { return h[i].nextSend.Before(h[j].nextSend) }
+
+func (h outDueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].due, h[j].due = duePos(i), duePos(j)
+}
+
+func (h *outDueHeap) Push(x any) {
+	e := x.(*memOut)
+	e.due = duePos(len(*h))
+	*h = append(*h, e)
+}
+
+func (h *outDueHeap) Pop() any {
+	e := popLast(h)
+	e.due = notDue
+	return e
+}
+
+// remove takes e out of h if it is there.
+func (h *outDueHeap) remove(e *memOut) {
+	if e.due != notDue {
+		heap.Remove(h, int(e.due))
+	}
+}
+
+// first returns the earliest due time in h.
+func (h outDueHeap) first() (time.Time, bool) {
+	if len(h) == 0 {
+		return time.Time{}, false
+	}
+	return h[0].nextSend, true
+}
+
+// upTo returns up to limit records due at or before now, earliest first,
+// and leaves them in h.
+func (h *outDueHeap) upTo(now time.Time, limit int) []*memOut {
+	var due []*memOut
+	for len(due) < limit && h.Len() > 0 && !(*h)[0].nextSend.After(now) {
+		due = append(due, heap.Pop(h).(*memOut))
+	}
+	for _, e := range due {
 		heap.Push(h, e)
 	}
+	return due
 }
 
-// earliest returns the time of the first live entry of h, dropping stale
-// entries in front of it.
-func (s *MemoryStore) earliest(h *dueHeap) (time.Time, bool) {
-	for h.Len() > 0 {
-		if s.live((*h)[0]) {
-			return (*h)[0].at, true
-		}
-		heap.Pop(h)
-	}
-	return time.Time{}, false
-}
-
-// live reports whether a due entry still describes its record: the record
-// exists, has not changed since the entry was pushed, and is in a state
-// that is resent.
-func (s *MemoryStore) live(e dueEntry) bool {
-	if !e.key.incoming {
-		r, ok := s.out[e.key.id]
-		return ok && r.seq == e.seq && r.rec.State == OutPending
-	}
-	r, ok := s.in[e.key]
-	return ok && r.seq == e.seq && r.rec.State == InAcking
-}
-
-// dueEntry is one element of the memory store's due-time index. An entry
-// is stale once its record changed (seq differs) and is dropped lazily.
-type dueEntry struct {
+// inDue is an entry of the receiver's due index: the record of key is
+// due at at, if its seq is still seq.
+type inDue struct {
 	at  time.Time
 	key recordKey
 	seq uint64
 }
 
-type dueHeap []dueEntry
+type inDueHeap []inDue
 
-func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueEntry)) }
+func (h inDueHeap) Len() int           { return len(h) }
+func (h inDueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h inDueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *inDueHeap) Push(x any)        { *h = append(*h, x.(inDue)) }
+func (h *inDueHeap) Pop() any          { return popLast(h) }
 
-func (h *dueHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+// liveIn reports whether e still describes its record: the record exists,
+// has not changed since e was pushed, and its ack is resent.
+func (s *MemoryStore) liveIn(e inDue) bool {
+	r, ok := s.in[e.key]
+	return ok && r.seq == e.seq && r.state == InAcking
+}
+
+// firstIn returns the earliest due time of a receiver's record, dropping
+// the stale entries in front of it.
+func (s *MemoryStore) firstIn() (time.Time, bool) {
+	for len(s.dueIn) > 0 {
+		if s.liveIn(s.dueIn[0]) {
+			return s.dueIn[0].at, true
+		}
+		heapPop(&s.dueIn)
+	}
+	return time.Time{}, false
 }
 
 // idHeap orders the receiver's record keys by id, oldest first.
@@ -448,23 +594,41 @@ func (h idHeap) Len() int           { return len(h) }
 func (h idHeap) Less(i, j int) bool { return h[i].id.Compare(h[j].id) < 0 }
 func (h idHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *idHeap) Push(x any)        { *h = append(*h, x.(recordKey)) }
+func (h *idHeap) Pop() any          { return popLast(h) }
 
-func (h *idHeap) Pop() any {
-	old := *h
-	k := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return k
+// heapPush and heapPop do what heap.Push and heap.Pop do, without passing
+// the element through an interface, which would allocate a copy of it on
+// every record stored.
+func heapPush[H interface {
+	heap.Interface
+	*S
+}, S ~[]E, E any](h H, e E) {
+	*h = append(*h, e)
+	heap.Fix(h, len(*h)-1)
 }
 
-func copyOutgoing(m Outgoing) Outgoing {
-	m.To = principal.Principal{Raw: bytes.Clone(m.To.Raw)}
-	m.Payload = bytes.Clone(m.Payload)
-	m.Ack = bytes.Clone(m.Ack)
-	return m
+func heapPop[H interface {
+	heap.Interface
+	*S
+}, S ~[]E, E any](h H) E {
+	s := *h
+	e, n := s[0], len(s)-1
+	s[0] = s[n]
+	*h = s[:n]
+	if n > 0 {
+		heap.Fix(h, 0)
+	}
+	var zero E
+	s[n] = zero
+	return e
 }
 
-func copyIncoming(m Incoming) Incoming {
-	m.From = principal.Principal{Raw: bytes.Clone(m.From.Raw)}
-	m.Ack = bytes.Clone(m.Ack)
-	return m
+// popLast removes the last element of *h, as heap.Interface's Pop does.
+func popLast[S ~[]E, E any](h *S) E {
+	s := *h
+	e, n := s[len(s)-1], len(s)-1
+	var zero E
+	s[n] = zero
+	*h = s[:n]
+	return e
 }

@@ -389,11 +389,19 @@ func (s *Store) write(ctx context.Context, size int, apply func(tx *bolt.Tx) err
 		s.mu.RUnlock()
 		return errClosed
 	}
+	// The queue has room for a batch, so the change mostly goes in at
+	// once; ctx.Done is asked for only when it waits, since making it may
+	// cost more than queueing.
+	c := change{apply: apply, done: done, size: size}
 	select {
-	case s.changes <- change{apply: apply, done: done, size: size}:
-	case <-ctx.Done():
-		s.mu.RUnlock()
-		return ctx.Err()
+	case s.changes <- c:
+	default:
+		select {
+		case s.changes <- c:
+		case <-ctx.Done():
+			s.mu.RUnlock()
+			return ctx.Err()
+		}
 	}
 	s.mu.RUnlock()
 
