@@ -154,7 +154,7 @@ func (s demoSummary) print(w io.Writer) {
 	measure("latency p99", formatMillis(s.LatencyP99Ms), "")
 	measure("elapsed", formatMillis(s.ElapsedMs), "")
 	measure("rate", fmt.Sprint(s.RatePerSecond), "messages/s")
-	text("seed", fmt.Sprintf("%d (give it to --seed to replay the proxies' decisions)", s.Seed))
+	text("seed", fmt.Sprintf("%d (--seed fixes each proxy's sequence of decisions)", s.Seed))
 	text("state folder", s.StateDir+" (identities and store files; removed on exit)")
 	text("retry delay", fmt.Sprintf("scaled from %s to %s for the demo",
 		asyncflow.DefaultRetryAfter, time.Duration(s.RetryAfterMs*float64(time.Millisecond))))
