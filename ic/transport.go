@@ -57,15 +57,30 @@ type TransportConfig struct {
 // much raises http.DefaultTransport's MaxIdleConnsPerHost to its number
 // of send workers.
 type Transport struct {
-	id         identity.Identity
-	sender     principal.Principal
-	expiry     time.Duration
-	defaultURL *url.URL
-	log        *slog.Logger
+	id     identity.Identity
+	sender principal.Principal
+	expiry time.Duration
+	log    *slog.Logger
 
-	mu      sync.RWMutex
-	routes  map[string]*url.URL     // by principal text
-	clients map[string]agent.Client // by base URL
+	// fallback is the route of principals without one of their own, if
+	// a DefaultURL was given.
+	fallback *route
+
+	mu     sync.RWMutex
+	routes map[string]*route // by the principal's raw bytes
+}
+
+// route is where calls to a principal go, and the client that takes them.
+// agent-go's client takes no http.RoundTripper and uses
+// http.DefaultTransport, so a submission over a kept-alive connection that
+// the peer has closed fails, and waits for the protocol's retry.
+type route struct {
+	url    *url.URL
+	client agent.Client
+}
+
+func newRoute(u *url.URL) *route {
+	return &route{url: u, client: agent.NewClient(agent.ClientConfig{Host: u})}
 }
 
 var (
@@ -88,12 +103,11 @@ func NewTransport(id identity.Identity, cfg TransportConfig) (*Transport, error)
 	}
 
 	t := &Transport{
-		id:      id,
-		sender:  id.Sender(),
-		expiry:  cmp.Or(cfg.IngressExpiry, DefaultIngressExpiry),
-		log:     cfg.Logger,
-		routes:  make(map[string]*url.URL, len(cfg.Routes)),
-		clients: make(map[string]agent.Client),
+		id:     id,
+		sender: id.Sender(),
+		expiry: cmp.Or(cfg.IngressExpiry, DefaultIngressExpiry),
+		log:    cfg.Logger,
+		routes: make(map[string]*route, len(cfg.Routes)),
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
@@ -104,7 +118,7 @@ func NewTransport(id identity.Identity, cfg TransportConfig) (*Transport, error)
 		if err != nil {
 			return nil, fmt.Errorf("ic: default url: %w", err)
 		}
-		t.defaultURL = u
+		t.fallback = newRoute(u)
 	}
 
 	for text, rawURL := range cfg.Routes {
@@ -130,9 +144,10 @@ func (t *Transport) AddRoute(p principal.Principal, rawURL string) error {
 		return fmt.Errorf("ic: route to %s: %w", p, err)
 	}
 
+	r := newRoute(u)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.routes[p.Encode()] = u
+	t.routes[string(p.Raw)] = r
 	return nil
 }
 
@@ -140,7 +155,7 @@ func (t *Transport) AddRoute(p principal.Principal, rawURL string) error {
 // wrapping asyncflow.ErrNoRoute, naming to, when to has no route and there
 // is no default URL.
 func (t *Transport) Route(to principal.Principal) error {
-	_, err := t.baseURL(to)
+	_, err := t.routeOf(to)
 	return err
 }
 
@@ -152,7 +167,7 @@ func (t *Transport) Route(to principal.Principal) error {
 // concurrent use.
 func (t *Transport) Send(ctx context.Context, to principal.Principal, method string,
 	arg []byte) error {
-	base, err := t.baseURL(to)
+	r, err := t.routeOf(to)
 	if err != nil {
 		return err
 	}
@@ -170,49 +185,28 @@ func (t *Transport) Send(ctx context.Context, to principal.Principal, method str
 		return fmt.Errorf("ic: sign %s to %s: %w", method, to, err)
 	}
 
-	if _, err := t.client(base).Call(ctx, to, data); err != nil {
+	if _, err := r.client.Call(ctx, to, data); err != nil {
 		return submitError(to, method, err)
 	}
-	t.log.DebugContext(ctx, "ic: call submitted", slog.String("to", to.Encode()),
-		slog.String("method", method), slog.String("url", base.String()))
+	if t.log.Enabled(ctx, slog.LevelDebug) {
+		t.log.DebugContext(ctx, "ic: call submitted", slog.String("to", to.Encode()),
+			slog.String("method", method), slog.String("url", r.url.String()))
+	}
 	return nil
 }
 
-// baseURL finds where calls to to go.
-func (t *Transport) baseURL(to principal.Principal) (*url.URL, error) {
+// routeOf finds where calls to to go.
+func (t *Transport) routeOf(to principal.Principal) (*route, error) {
 	t.mu.RLock()
-	u, ok := t.routes[to.Encode()]
+	r, ok := t.routes[string(to.Raw)]
 	t.mu.RUnlock()
 	if ok {
-		return u, nil
+		return r, nil
 	}
-	if t.defaultURL != nil {
-		return t.defaultURL, nil
+	if t.fallback != nil {
+		return t.fallback, nil
 	}
 	return nil, fmt.Errorf("ic: %s: %w", to, asyncflow.ErrNoRoute)
-}
-
-// client returns the agent-go client of a base URL, made once.
-func (t *Transport) client(base *url.URL) agent.Client {
-	key := base.String()
-	t.mu.RLock()
-	c, ok := t.clients[key]
-	t.mu.RUnlock()
-	if ok {
-		return c
-	}
-
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if c, ok := t.clients[key]; ok {
-		return c
-	}
-	// agent-go's client takes no http.RoundTripper and uses
-	// http.DefaultTransport, so a submission over a kept-alive connection
-	// that the peer has closed fails, and waits for the protocol's retry.
-	c = agent.NewClient(agent.ClientConfig{Host: base})
-	t.clients[key] = c
-	return c
 }
 
 // envelope builds the signed CBOR envelope of one call.
