@@ -108,7 +108,9 @@ func (c *callContext) join() {
 		c.joined, c.cancel = context.WithDeadline(c.parent, c.deadline)
 	}
 
-	if c.ended {
+	// A context that already reported its end stays ended: AfterFunc
+	// would cancel only later, from a goroutine of its own.
+	if c.ended || c.errNow() != nil {
 		c.cancel()
 		return
 	}
