@@ -73,7 +73,9 @@ type Config struct {
 	// keeps them in a file.
 	Store Store
 
-	// Handler processes new messages. A Flow without one refuses them.
+	// Handler processes new messages. A Flow without one only sends: it
+	// refuses every new message (ErrNoHandler), and its peers keep
+	// resending theirs until they give up.
 	Handler Handler
 
 	// OnAck runs when a target confirmed a message with a matching (or
