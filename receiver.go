@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aviate-labs/agent-go/principal"
@@ -196,6 +197,11 @@ const maxUnsaved = 4096
 // sender's next attempt commits them instead of running the handler again.
 // It is safe for concurrent use.
 type unsavedResults struct {
+	// n is len(recs), read without mu so that take can skip the lock in
+	// the common case of no failed commit. A result kept for a key is
+	// seen: its keep ended before the processing of the key's next
+	// attempt began.
+	n    atomic.Int32
 	mu   sync.Mutex
 	recs map[recordKey]Incoming
 }
@@ -204,6 +210,10 @@ type unsavedResults struct {
 // from a payload of the hash payloadHash; a result from other bytes is
 // dropped, and the handler runs on the bytes that came now.
 func (u *unsavedResults) take(key recordKey, payloadHash uint32) (Incoming, bool) {
+	if u.n.Load() == 0 {
+		return Incoming{}, false
+	}
+
 	u.mu.Lock()
 	defer u.mu.Unlock()
 
@@ -212,6 +222,7 @@ func (u *unsavedResults) take(key recordKey, payloadHash uint32) (Incoming, bool
 		return Incoming{}, false
 	}
 	delete(u.recs, key)
+	u.n.Store(int32(len(u.recs)))
 	return rec, rec.PayloadHash == payloadHash
 }
 
@@ -228,6 +239,7 @@ func (u *unsavedResults) keep(key recordKey, rec Incoming, oldest time.Time) boo
 				delete(u.recs, k)
 			}
 		}
+		u.n.Store(int32(len(u.recs)))
 	}
 	if len(u.recs) >= maxUnsaved {
 		return false
@@ -236,6 +248,7 @@ func (u *unsavedResults) keep(key recordKey, rec Incoming, oldest time.Time) boo
 		u.recs = make(map[recordKey]Incoming)
 	}
 	u.recs[key] = rec
+	u.n.Store(int32(len(u.recs)))
 	return true
 }
 
