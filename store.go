@@ -199,20 +199,37 @@ type memAck struct {
 	hash    Hash
 }
 
-func newMemOut(m Outgoing) *memOut {
+// newMemOut copies m into a new memOut. Where m repeats what old, the
+// copy it replaces, holds, it shares old's bytes, which no one changes: a
+// record stored again as its exchange moves on costs no second copy of
+// its payload.
+func newMemOut(m Outgoing, old *memOut) *memOut {
 	e := &memOut{
 		id:       m.MsgID,
-		to:       unique.Make(string(m.To.Raw)),
-		payload:  bytes.Clone(m.Payload),
+		payload:  sameOrClone(old, m.Payload),
 		nextSend: m.NextSend,
 		attempts: m.Attempts,
 		state:    m.State,
 		due:      notDue,
 	}
+	if old != nil && string(m.To.Raw) == old.to.Value() {
+		e.to = old.to
+	} else {
+		e.to = unique.Make(string(m.To.Raw))
+	}
 	if m.Ack != nil || m.AckHash != (Hash{}) {
 		e.ack = &memAck{payload: bytes.Clone(m.Ack), hash: m.AckHash}
 	}
 	return e
+}
+
+// sameOrClone returns old's payload if p has the same bytes (and is nil
+// if it is), or a copy of p.
+func sameOrClone(old *memOut, p []byte) []byte {
+	if old != nil && (p == nil) == (old.payload == nil) && bytes.Equal(old.payload, p) {
+		return old.payload
+	}
+	return bytes.Clone(p)
 }
 
 // record returns a copy of the record e holds.
@@ -279,10 +296,11 @@ func (s *MemoryStore) PutOutgoing(_ context.Context, m Outgoing) error {
 	if s.closed {
 		return errStoreClosed
 	}
-	if old, ok := s.out[m.MsgID]; ok {
+	old, ok := s.out[m.MsgID]
+	if ok {
 		s.dueOut.remove(old)
 	}
-	e := newMemOut(m)
+	e := newMemOut(m, old)
 	s.out[m.MsgID] = e
 	if m.State == OutPending {
 		heap.Push(&s.dueOut, e)
