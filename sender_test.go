@@ -205,7 +205,7 @@ func TestAckForUnknownIDIsAnsweredWithAckAckOnly(t *testing.T) {
 		ackacks := a.probe.sent(MethodAckAck)
 		require.Len(t, ackacks, 1)
 		require.Equal(t, bob, ackacks[0].to)
-		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, a),
+		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, a.probe, id),
 			"a sender that took no answer confirms none")
 
 		got := a.rec.snapshot()
@@ -215,14 +215,12 @@ func TestAckForUnknownIDIsAnsweredWithAckAckOnly(t *testing.T) {
 	})
 }
 
-// lastAckAck returns the last ackack a sent.
-func lastAckAck(t *testing.T, a *peer) AckAck {
+// lastAckAck returns the last ackack p sent for id.
+func lastAckAck(t *testing.T, p *probe, id MsgID) AckAck {
 	t.Helper()
-	ackacks := a.probe.sent(MethodAckAck)
-	require.NotEmpty(t, ackacks)
-	var aa AckAck
-	require.NoError(t, aa.UnmarshalCandid(ackacks[len(ackacks)-1].arg))
-	return aa
+	aas := ackacksFor(t, p, id)
+	require.NotEmpty(t, aas)
+	return aas[len(aas)-1]
 }
 
 func TestAResentAckIsAnsweredWithTheAnswerTaken(t *testing.T) {
@@ -240,12 +238,12 @@ func TestAResentAckIsAnsweredWithTheAnswerTaken(t *testing.T) {
 
 		ackFrom(t, a.flow, bob, other)
 		synctest.Wait()
-		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(took.Payload)}, lastAckAck(t, a),
+		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(took.Payload)}, lastAckAck(t, a.probe, id),
 			"the ackack confirms the answer taken, not the copy that came")
 
 		ackFrom(t, a.flow, carol, other)
 		synctest.Wait()
-		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, a),
+		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, a.probe, id),
 			"another principal learns nothing of the answer")
 		require.Len(t, a.rec.snapshot().deliveries, 1)
 		require.Empty(t, a.rec.snapshot().corrupt)
@@ -262,13 +260,13 @@ func TestAResentAckOfACorruptMessageIsAnsweredWithItsAnswer(t *testing.T) {
 		ackFrom(t, a.flow, bob, bad)
 		ackFrom(t, a.flow, bob, other)
 		synctest.Wait()
-		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(bad.Payload)}, lastAckAck(t, a),
+		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(bad.Payload)}, lastAckAck(t, a.probe, id),
 			"while kept as corrupt")
 
 		require.NoError(t, a.flow.Forget(t.Context(), id))
 		ackFrom(t, a.flow, bob, other)
 		synctest.Wait()
-		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(bad.Payload)}, lastAckAck(t, a),
+		require.Equal(t, AckAck{MsgID: id, Hash: HashOf(bad.Payload)}, lastAckAck(t, a.probe, id),
 			"and once forgotten")
 		require.Len(t, a.rec.snapshot().corrupt, 1)
 	})
@@ -289,7 +287,7 @@ func TestARestartedSenderConfirmsNoAnswer(t *testing.T) {
 		defer f.Close()
 		ackFrom(t, f, bob, ack)
 		synctest.Wait()
-		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, &peer{probe: pr}),
+		require.Equal(t, AckAck{MsgID: id}, lastAckAck(t, pr, id),
 			"the answer taken is not kept across a restart")
 	})
 }
